@@ -1,0 +1,204 @@
+"""A jina-reranker-v3 checkpoint directory: its config, weights and tokenizer, validated."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from convert.errors import CheckpointError
+from reranker.errors import ModelFileError
+from reranker.safetensors_file import TensorEntry, read_header
+from reranker.model_format import PROJECTOR_TENSORS
+
+ARCHITECTURE_NAME = "JinaForRanking"
+REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                   "num_key_value_heads", "intermediate_size", "rms_norm_eps",
+                   "rope_theta", "vocab_size")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden_size: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    context_length: int
+
+    @classmethod
+    def from_config(cls, config: dict, path: Path) -> ModelShape:
+        missing = [k for k in REQUIRED_CONFIG if k not in config]
+        if missing:
+            raise CheckpointError(f"{path}: missing {', '.join(missing)}")
+        heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        return cls(
+            hidden_size=hidden,
+            layers=int(config["num_hidden_layers"]),
+            heads=heads,
+            kv_heads=int(config["num_key_value_heads"]),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            intermediate_size=int(config["intermediate_size"]),
+            vocab_size=int(config["vocab_size"]),
+            rms_norm_eps=float(config["rms_norm_eps"]),
+            rope_theta=float(config["rope_theta"]),
+            context_length=int(config.get("max_position_embeddings", 40960)),
+        )
+
+    def expected_tensors(self, projector: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Every tensor the checkpoint must hold, with its [out, in] shape."""
+        q_dim, kv_dim = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        h, f = self.hidden_size, self.intermediate_size
+        shapes: dict[str, tuple[int, ...]] = {
+            "model.embed_tokens.weight": (self.vocab_size, h),
+            "model.norm.weight": (h,),
+        }
+        for i in range(self.layers):
+            p = f"model.layers.{i}."
+            shapes.update({
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+                p + "self_attn.q_proj.weight": (q_dim, h),
+                p + "self_attn.k_proj.weight": (kv_dim, h),
+                p + "self_attn.v_proj.weight": (kv_dim, h),
+                p + "self_attn.o_proj.weight": (h, q_dim),
+                p + "self_attn.q_norm.weight": (self.head_dim,),
+                p + "self_attn.k_norm.weight": (self.head_dim,),
+                p + "mlp.gate_proj.weight": (f, h),
+                p + "mlp.up_proj.weight": (f, h),
+                p + "mlp.down_proj.weight": (h, f),
+            })
+        shapes.update(projector)
+        return shapes
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    directory: Path
+    config: dict
+    shape: ModelShape
+    tensors: dict[str, TensorEntry]
+    weight_files: tuple[Path, ...]
+    tokenizer_json: Path
+
+    @property
+    def projector_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(self.tensors[name].shape for name in PROJECTOR_TENSORS)
+
+    @property
+    def source_dtype(self) -> str:
+        """The widest dtype among the weights: what a lossless intermediate needs."""
+        dtypes = {entry.dtype for entry in self.tensors.values()}
+        for dtype in ("F32", "F16", "BF16"):
+            if dtype in dtypes:
+                return dtype
+        return "BF16"
+
+    def weights_sha256(self) -> str:
+        """One digest over the weight files, read in name order."""
+        digest = hashlib.sha256()
+        for path in self.weight_files:
+            with open(path, "rb") as f:
+                while chunk := f.read(16 * 1024 * 1024):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} is missing") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return value
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: no weight_map")
+        files = sorted({directory / name for name in weight_map.values()})
+        for path in files:
+            if not path.is_file():
+                raise CheckpointError(f"{path} is listed in {index.name} but missing")
+        return files
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise CheckpointError(
+        f"{directory}: no model.safetensors or model.safetensors.index.json; "
+        "expected a jina-reranker-v3 checkpoint directory")
+
+
+def load_checkpoint(directory: Path) -> Checkpoint:
+    """Read and check a checkpoint directory; tensor data stays on disk."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory")
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{directory}: no config.json; expected a jina-reranker-v3 checkpoint directory")
+    config = _read_json(config_path)
+    architectures = config.get("architectures") or []
+    if ARCHITECTURE_NAME not in architectures or config.get("model_type") != "qwen3":
+        raise CheckpointError(
+            f"{config_path}: architectures {architectures} / model_type "
+            f"{config.get('model_type')!r}; expected ['{ARCHITECTURE_NAME}'] / 'qwen3' "
+            "(jina-reranker-v3)")
+    shape = ModelShape.from_config(config, config_path)
+    if not config.get("tie_word_embeddings", False):
+        raise CheckpointError(f"{config_path}: tie_word_embeddings is false; jina-reranker-v3 ties them")
+
+    files = _weight_files(directory)
+    tensors: dict[str, TensorEntry] = {}
+    for path in files:
+        try:
+            header = read_header(path)
+        except ModelFileError as e:
+            raise CheckpointError(str(e)) from e
+        for name, entry in header.items():
+            if name in tensors:
+                raise CheckpointError(f"tensor {name} appears in both {tensors[name].file} and {path}")
+            tensors[name] = entry
+
+    projector = {}
+    for name in PROJECTOR_TENSORS:
+        if name not in tensors or len(tensors[name].shape) != 2:
+            raise CheckpointError(f"{directory}: tensor {name} (2-D) is missing; "
+                                  "expected the reranker's projector")
+        projector[name] = tensors[name].shape
+    first, second = (projector[n] for n in PROJECTOR_TENSORS)
+    if first[1] != shape.hidden_size or second[1] != first[0]:
+        raise CheckpointError(
+            f"{directory}: projector shapes {list(first)} and {list(second)} do not chain "
+            f"from hidden size {shape.hidden_size}")
+
+    expected = shape.expected_tensors(projector)
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{directory}: tensor {missing[0]} is missing"
+                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise CheckpointError(f"{directory}: unexpected tensor {extra[0]} in {tensors[extra[0]].file.name}"
+                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for name, want in expected.items():
+        if tensors[name].shape != want:
+            raise CheckpointError(f"{tensors[name].file}: tensor {name} has shape "
+                                  f"{list(tensors[name].shape)}; expected {list(want)}")
+
+    tokenizer_json = directory / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        raise CheckpointError(f"{tokenizer_json} is missing")
+    return Checkpoint(directory, config, shape, tensors, tuple(files), tokenizer_json)

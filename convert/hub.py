@@ -1,0 +1,60 @@
+"""Resolve a conversion source: a local checkpoint directory or a Hugging Face Hub repo id."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from convert.errors import CheckpointError
+
+CHECKPOINT_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json",
+                    "tokenizer.json", "tokenizer_config.json", "added_tokens.json",
+                    "special_tokens_map.json"]
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    directory: Path
+    name: str  # what the user named: a repo id or a path
+    revision: str | None  # the commit a Hub snapshot resolved to
+
+
+def resolve_checkpoint(source: str | Path, revision: str | None = None) -> ResolvedSource:
+    """A local directory is used as it is; a repo id goes through huggingface-hub's cache.
+
+    With HF_HUB_OFFLINE=1 a warm cache is enough and the network is never touched.
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        if revision:
+            raise CheckpointError(f"--revision applies to Hub repo ids, not to the local path {path}")
+        return ResolvedSource(path, str(path), None)
+    text = str(source)
+    if not _REPO_ID.match(text):
+        raise CheckpointError(f"{text} is neither an existing directory nor a Hub repo id "
+                              "like jinaai/jina-reranker-v3")
+    return _download(text, revision)
+
+
+def _download(repo_id: str, revision: str | None) -> ResolvedSource:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    try:
+        snapshot = Path(snapshot_download(repo_id, revision=revision,
+                                          allow_patterns=CHECKPOINT_FILES))
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(
+            f"{repo_id}{'@' + revision if revision else ''} is not in the local Hugging Face "
+            "cache and the Hub cannot be reached (offline?); download it on a connected "
+            "machine or pass a local checkpoint directory") from e
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(f"Hub repo {repo_id} does not exist or needs a login") from e
+    except RevisionNotFoundError as e:
+        raise CheckpointError(f"Hub repo {repo_id} has no revision {revision}") from e
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointError(f"downloading {repo_id} failed: {e}") from e
+    # Snapshot folders are named after the commit they hold.
+    return ResolvedSource(snapshot, repo_id, snapshot.name)

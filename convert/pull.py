@@ -1,0 +1,89 @@
+"""Fetch a ready model into a models folder that can be copied to an air-gapped machine.
+
+Two routes: the original checkpoint, downloaded and converted on the spot, or a
+published GGUF repo (one quantization plus `projector.safetensors`). Either way
+each file's SHA-256 is recorded in the folder's `SHA256SUMS` (the format
+`sha256sum -c` checks), so the copy can be verified on the other side.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from convert.api import ConversionSummary, convert_checkpoint
+from convert.errors import ConversionError
+from convert.output import atomic_output
+from reranker.model_format import PROJECTOR_SIDECAR
+
+CHECKSUMS_FILE = "SHA256SUMS"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(16 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def record_checksums(models_dir: Path, paths: list[Path]) -> Path:
+    """Add or replace the entries of `paths` in models_dir/SHA256SUMS (atomically)."""
+    sums_path = models_dir / CHECKSUMS_FILE
+    entries: dict[str, str] = {}
+    if sums_path.is_file():
+        for line in sums_path.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if digest and name:
+                entries[name] = digest
+    for path in paths:
+        entries[path.relative_to(models_dir).as_posix()] = file_sha256(path)
+    fd, tmp = tempfile.mkstemp(dir=models_dir, prefix=f".{CHECKSUMS_FILE}.", suffix=".partial")
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"{digest}  {name}\n" for name, digest in sorted(entries.items()))
+    os.replace(tmp, sums_path)
+    return sums_path
+
+
+def pull_converted(repo_id: str, type_name: str, models_dir: Path, *, revision: str | None = None,
+                   force: bool = False, progress=None, on_stage=None) -> ConversionSummary:
+    """Download a checkpoint through the Hugging Face cache and convert it into models_dir."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    outfile = models_dir / f"{repo_id.split('/')[-1]}-{type_name.lower()}.gguf"
+    summary = convert_checkpoint(repo_id, outfile, type_name, revision=revision, force=force,
+                                 progress=progress, on_stage=on_stage)
+    record_checksums(models_dir, [outfile])
+    return summary
+
+
+def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
+                        revision: str | None = None, force: bool = False) -> list[Path]:
+    """Download one GGUF and the projector of a published GGUF repo into models_dir/<repo>/."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError)
+
+    target_dir = models_dir / repo_id.split("/")[-1]
+    target_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in (filename, PROJECTOR_SIDECAR):
+        try:
+            cached = Path(hf_hub_download(repo_id, name, revision=revision))
+        except LocalEntryNotFoundError as e:
+            raise ConversionError(f"{repo_id}/{name} is not in the local Hugging Face cache and "
+                                  "the Hub cannot be reached (offline?)") from e
+        except EntryNotFoundError as e:
+            raise ConversionError(f"{repo_id} has no file {name}") from e
+        except RepositoryNotFoundError as e:
+            raise ConversionError(f"Hub repo {repo_id} does not exist or needs a login") from e
+        except (HfHubHTTPError, OSError) as e:
+            raise ConversionError(f"downloading {repo_id}/{name} failed: {e}") from e
+        destination = target_dir / name
+        with atomic_output(destination, force) as tmp:
+            # A real copy, not the cache's symlink: the folder must travel on its own.
+            shutil.copyfile(cached, tmp)
+        copied.append(destination)
+    record_checksums(models_dir, copied)
+    return copied

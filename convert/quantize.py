@@ -1,0 +1,30 @@
+"""Requantize a GGUF with llama.cpp's own quantizer (k-quants, i-quants, legacy types)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from convert.errors import ConversionError
+from convert.file_types import FileType
+
+
+def run_llama_quantizer(source: Path, destination: Path, target: FileType,
+                        n_threads: int | None = None) -> None:
+    """Quantize `source` (F32/F16/BF16 GGUF) into `destination`.
+
+    llama.cpp copies every metadata key to the output, so the projector and the
+    provenance keys travel with the weights.
+    """
+    import llama_cpp
+
+    from reranker.llama_logging import route_llama_logs
+
+    route_llama_logs()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(target.ftype)
+    params.nthread = n_threads or 0  # 0: llama.cpp uses the hardware's thread count
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(),
+                                            params)
+    if status != 0:
+        raise ConversionError(
+            f"llama.cpp's quantizer failed to make {target.name} from {source} "
+            f"(status {status}; run with -v to see its log)")

@@ -1,0 +1,88 @@
+"""tokenizer.json (Qwen2 byte-level BPE) to the vocabulary llama.cpp reads from GGUF."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import TokenType
+
+from convert.errors import CheckpointError
+from reranker.model_format import DOC_MARKER, QUERY_MARKER
+
+# The Qwen2 split pattern; llama.cpp implements it as the "qwen2" pre-tokenizer.
+# Any other pattern would tokenize differently there, so it is refused.
+QWEN2_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_CONTROL_LOOKING = re.compile(r"^<\|.*\|>$")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    special_ids: dict[str, int]  # "eos", "pad", "bos" -> id
+
+
+def _split_pattern(pre_tokenizer: dict | None) -> str | None:
+    if not pre_tokenizer:
+        return None
+    steps = pre_tokenizer.get("pretokenizers", [pre_tokenizer])
+    for step in steps:
+        if step.get("type") == "Split":
+            return step.get("pattern", {}).get("Regex")
+    return None
+
+
+def read_vocabulary(path: Path, vocab_size: int) -> Vocabulary:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from e
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise CheckpointError(f"{path}: model type {model.get('type')!r}; expected a BPE tokenizer")
+    pattern = _split_pattern(data.get("pre_tokenizer"))
+    if pattern != QWEN2_SPLIT_PATTERN:
+        raise CheckpointError(
+            f"{path}: the pre-tokenizer split pattern is not Qwen2's; llama.cpp would "
+            "tokenize this model differently")
+
+    by_id: dict[int, tuple[str, int]] = {}
+    for text, token_id in model["vocab"].items():
+        by_id[int(token_id)] = (text, TokenType.NORMAL)
+    added_ids: dict[str, int] = {}
+    for added in data.get("added_tokens", []):
+        text, token_id = added["content"], int(added["id"])
+        control = added.get("special", False) or _CONTROL_LOOKING.match(text)
+        by_id[token_id] = (text, TokenType.CONTROL if control else TokenType.USER_DEFINED)
+        added_ids[text] = token_id
+    for marker in (DOC_MARKER, QUERY_MARKER):
+        if marker not in added_ids:
+            raise CheckpointError(
+                f"{path}: the added tokens lack {marker}; this is not a jina-reranker-v3 tokenizer")
+    if max(by_id) >= vocab_size:
+        raise CheckpointError(
+            f"{path}: token id {max(by_id)} is beyond the model's vocab_size {vocab_size}")
+
+    tokens, types = [], []
+    for token_id in range(vocab_size):
+        # Embedding rows past the real tokens get placeholders llama.cpp never emits.
+        text, kind = by_id.get(token_id, (f"[PAD{token_id}]", TokenType.UNUSED))
+        tokens.append(text)
+        types.append(int(kind))
+
+    merges = []
+    for merge in model.get("merges", []):
+        # Newer tokenizers store pairs, older ones "left right" strings.
+        merges.append(" ".join(merge) if isinstance(merge, list) else merge)
+
+    special_ids = {}
+    for role, text in (("eos", "<|im_end|>"), ("pad", "<|endoftext|>"), ("bos", "<|endoftext|>")):
+        if text in added_ids:
+            special_ids[role] = added_ids[text]
+    return Vocabulary(tokens, types, merges, special_ids)

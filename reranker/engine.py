@@ -1,0 +1,197 @@
+"""llama.cpp driven to return final hidden states at chosen token positions only.
+
+Only the marker tokens are marked as outputs, so llama.cpp runs the last layer's
+feed-forward and the final norm on those rows alone. The eval callback copies the
+`result_norm` node (the final hidden state after RMSNorm) and then stops the
+graph, so the vocabulary projection (151936 x 1024 per output row) never runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from reranker.errors import InputTooLongError, ModelFileError, RerankerError
+from reranker.ggml_tensors import copy_f32_rows, tensor_name
+from reranker.llama_logging import route_llama_logs
+
+HIDDEN_STATE_NODE = b"result_norm"
+_CONTEXT_STEP = 1024  # contexts grow in these steps, so similar requests reuse one
+
+
+def default_thread_count() -> int:
+    """The CPUs this process may run on (not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class LlamaEngine:
+    """One llama.cpp model and context; `hidden_states` calls are serialized by a lock."""
+
+    def __init__(self, model_path: str | Path, *, n_threads: int | None = None,
+                 max_context: int | None = None, n_batch: int = 2048, n_ubatch: int = 512,
+                 flash_attention: bool | None = None):
+        import llama_cpp
+
+        self._llama = llama_cpp
+        self.model_path = Path(model_path)
+        self.n_threads = n_threads or default_thread_count()
+        self.n_ubatch = n_ubatch
+        self.n_batch = max(n_batch, n_ubatch)  # tokens per llama_decode call, at most
+        self._ctx_batch = 0  # the current context's batch size
+        self._flash_attention = flash_attention
+        self._lock = threading.Lock()
+        self._ctx = None
+        self._ctx_size = 0
+        self._batch = None
+        self._captured: list[np.ndarray] = []
+        # Kept referenced for as long as any context may call it.
+        self._eval_callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_eval)
+
+        route_llama_logs()
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        params.use_mmap = True
+        self._model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), params)
+        if not self._model:
+            raise ModelFileError(f"llama.cpp could not load {self.model_path} "
+                                 "(run with -v to see its log)")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.hidden_size = llama_cpp.llama_model_n_embd(self._model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        trained = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.max_context = min(max_context or trained, trained)
+
+    # -- tokens ---------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, with special-token parsing off (control text stays text)."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        buf = (self._llama.llama_token * capacity)()
+        n = self._llama.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, False)
+        if n < 0:  # cannot happen for byte-level BPE, but llama.cpp reports it this way
+            capacity = -n
+            buf = (self._llama.llama_token * capacity)()
+            n = self._llama.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, False)
+        return list(buf[:n])
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        arr = (self._llama.llama_token * len(tokens))(*tokens)
+        capacity = 16 * len(tokens) + 16
+        buf = ctypes.create_string_buffer(capacity)
+        n = self._llama.llama_detokenize(self._vocab, arr, len(tokens), buf, capacity, False, False)
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
+    def special_token_id(self, text: str) -> int:
+        """The id of a control token, looked up in the model's own vocabulary."""
+        data = text.encode("utf-8")
+        buf = (self._llama.llama_token * 8)()
+        n = self._llama.llama_tokenize(self._vocab, data, len(data), buf, 8, False, True)
+        if n != 1:
+            raise ModelFileError(f"{self.model_path}: the vocabulary has no token {text}")
+        return buf[0]
+
+    # -- hidden states ---------------------------------------------------------
+    def hidden_states(self, tokens: Sequence[int], positions: Sequence[int]) -> np.ndarray:
+        """Final hidden states at `positions` (ascending) of one sequence: [len(positions), hidden]."""
+        n = len(tokens)
+        if n == 0:
+            return np.empty((0, self.hidden_size), dtype=np.float32)
+        if n > self.max_context:
+            raise InputTooLongError(
+                f"the prompt has {n} tokens but the context is capped at {self.max_context}; "
+                "use fewer or shorter documents or a smaller block size")
+        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+        if bad:  # llama.cpp would abort the process on an out-of-range id
+            raise RerankerError(f"token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})")
+        wanted = np.zeros(n, dtype=np.int8)
+        wanted[list(positions)] = 1
+        with self._lock:
+            self._ensure_context(n)
+            llama = self._llama
+            llama.llama_memory_clear(llama.llama_get_memory(self._ctx), True)
+            self._captured = []
+            batch = self._batch
+            # llama.cpp aborts on a call larger than the context's n_batch, so split.
+            for start in range(0, n, self._ctx_batch):
+                stop = min(start + self._ctx_batch, n)
+                for i in range(start, stop):
+                    j = i - start
+                    batch.token[j] = tokens[i]
+                    batch.pos[j] = i
+                    batch.n_seq_id[j] = 1
+                    batch.seq_id[j][0] = 0
+                    batch.logits[j] = int(wanted[i])
+                batch.n_tokens = stop - start
+                status = llama.llama_decode(self._ctx, batch)
+                if status != 0:
+                    raise RerankerError(f"llama_decode failed with status {status}")
+            rows = [r for r in self._captured if r.size]
+            self._captured = []
+        states = np.concatenate(rows) if rows else np.empty((0, self.hidden_size), np.float32)
+        if states.shape != (len(positions), self.hidden_size):
+            raise RerankerError(f"captured {states.shape[0]} hidden states for "
+                                f"{len(positions)} marker positions")
+        return states
+
+    def _on_eval(self, tensor, ask, _user_data) -> bool:
+        if tensor_name(tensor) != HIDDEN_STATE_NODE:
+            return False if ask else True
+        if ask:
+            return True
+        self._captured.append(copy_f32_rows(tensor))
+        return False  # stop here: the vocabulary projection is not needed
+
+    def _ensure_context(self, n_tokens: int) -> None:
+        if self._ctx is not None and n_tokens <= self._ctx_size:
+            return
+        size = min(-(-n_tokens // _CONTEXT_STEP) * _CONTEXT_STEP, self.max_context)
+        self._free_context()
+        llama = self._llama
+        params = llama.llama_context_default_params()
+        params.n_ctx = size
+        params.n_batch = min(self.n_batch, size)
+        params.n_ubatch = min(self.n_ubatch, params.n_batch)
+        params.n_seq_max = 1
+        params.n_threads = self.n_threads
+        params.n_threads_batch = self.n_threads
+        params.embeddings = False
+        params.no_perf = True
+        params.cb_eval = self._eval_callback
+        params.cb_eval_user_data = None
+        if self._flash_attention is not None:
+            params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if self._flash_attention
+                                      else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        ctx = llama.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise RerankerError(f"llama.cpp could not create a {size}-token context "
+                                "(out of memory?)")
+        self._ctx, self._ctx_size, self._ctx_batch = ctx, size, params.n_batch
+        self._batch = llama.llama_batch_init(params.n_batch, 0, 1)
+
+    def _free_context(self) -> None:
+        if self._batch is not None:
+            self._llama.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            self._llama.llama_free(self._ctx)
+            self._ctx, self._ctx_size = None, 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._free_context()
+            if self._model is not None:
+                self._llama.llama_model_free(self._model)
+                self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

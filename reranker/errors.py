@@ -1,0 +1,14 @@
+"""Typed errors raised by the runtime; the CLI turns them into one-line messages."""
+from __future__ import annotations
+
+
+class RerankerError(Exception):
+    """Base class for every error this library raises on purpose."""
+
+
+class ModelFileError(RerankerError):
+    """A model or projector file is missing, unreadable or not a reranker."""
+
+
+class InputTooLongError(RerankerError, ValueError):
+    """A query or instruction leaves no room for any document."""

@@ -1,0 +1,118 @@
+"""Read a GGUF file's metadata and tensor table without loading any weights.
+
+gguf-py's GGUFReader turns every element of an array into its own numpy view,
+which takes seconds for the projector's ~800k floats; this reader maps the file
+and turns numeric arrays into one numpy array each, so reading a model's
+metadata costs milliseconds.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reranker.errors import ModelFileError
+
+_MAGIC = b"GGUF"
+_SCALAR = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4",
+           7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
+_STRING, _ARRAY, _BOOL = 8, 9, 7
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # as llama.cpp lists it: innermost dimension first
+    ggml_type: int
+
+
+@dataclass
+class GGUFMetadata:
+    path: Path
+    version: int
+    values: dict[str, Any] = field(default_factory=dict)
+    tensors: list[TensorInfo] = field(default_factory=list)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+
+class _Cursor:
+    def __init__(self, buf, path: Path):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.buf):
+            raise ModelFileError(f"{self.path}: truncated GGUF metadata")
+        # Slicing an mmap copies, so nothing keeps the mapping open afterwards.
+        chunk = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def scalar(self, fmt: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        return bytes(self.take(self.scalar("<Q"))).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int):
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            item_type, count = self.scalar("<I"), self.scalar("<Q")
+            if item_type == _STRING:
+                return [self.string() for _ in range(count)]
+            if item_type not in _SCALAR:
+                raise ModelFileError(f"{self.path}: unknown GGUF array type {item_type}")
+            dtype = np.dtype(_SCALAR[item_type])
+            return np.frombuffer(self.take(dtype.itemsize * count), dtype=dtype)
+        if vtype not in _SCALAR:
+            raise ModelFileError(f"{self.path}: unknown GGUF value type {vtype}")
+        dtype = np.dtype(_SCALAR[vtype])
+        value = np.frombuffer(self.take(dtype.itemsize), dtype=dtype)[0].item()
+        return bool(value) if vtype == _BOOL else value
+
+
+def read_metadata(path: str | Path) -> GGUFMetadata:
+    """Parse the header, every key/value and the tensor table of a GGUF file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if path.stat().st_size < 24:
+                raise ModelFileError(f"{path}: too small to be a GGUF file")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return _parse(mapped, path)
+    except FileNotFoundError as e:
+        raise ModelFileError(f"model file {path} does not exist") from e
+    except IsADirectoryError as e:
+        raise ModelFileError(f"{path} is a directory, not a GGUF file") from e
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read: {e.strerror or e}") from e
+
+
+def _parse(buf, path: Path) -> GGUFMetadata:
+    cursor = _Cursor(buf, path)
+    if bytes(cursor.take(4)) != _MAGIC:
+        raise ModelFileError(f"{path} is not a GGUF file (bad magic bytes)")
+    version = cursor.scalar("<I")
+    if version not in (2, 3):
+        raise ModelFileError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+    n_tensors, n_kv = cursor.scalar("<Q"), cursor.scalar("<Q")
+    meta = GGUFMetadata(path, version)
+    try:
+        for _ in range(n_kv):
+            key = cursor.string()
+            meta.values[key] = cursor.value(cursor.scalar("<I"))
+        for _ in range(n_tensors):
+            name = cursor.string()
+            dims = tuple(cursor.scalar("<Q") for _ in range(cursor.scalar("<I")))
+            ggml_type = cursor.scalar("<I")
+            cursor.scalar("<Q")  # data offset
+            meta.tensors.append(TensorInfo(name, dims, ggml_type))
+    except (struct.error, ValueError, MemoryError) as e:
+        raise ModelFileError(f"{path}: corrupt GGUF metadata ({e})") from e
+    return meta

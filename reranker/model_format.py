@@ -1,0 +1,39 @@
+"""The contract between the converter and the runtime: what a model file holds.
+
+A converted model is one qwen3 GGUF that stock llama.cpp loads. llama.cpp refuses
+tensors its architecture does not use, but ignores metadata keys it does not
+know, so the projector (two small matrices, ~3 MB in float32) travels as float32
+metadata arrays under the keys below. One file is one deployable model, and
+llama.cpp's quantizer copies all metadata, so requantizing carries the projector.
+
+Jina's published GGUF layout (a backbone GGUF with `projector.safetensors` beside
+it) is read too; see `reranker.projector`.
+"""
+from __future__ import annotations
+
+ARCHITECTURE = "qwen3"
+DOC_MARKER = "<|embed_token|>"
+QUERY_MARKER = "<|rerank_token|>"
+PROJECTOR_SIDECAR = "projector.safetensors"
+PROJECTOR_TENSORS = ("projector.0.weight", "projector.2.weight")
+
+
+class Keys:
+    """GGUF metadata keys this project writes, beside llama.cpp's own."""
+
+    PREFIX = "jina_reranker."
+    DOC_MARKER = PREFIX + "doc_marker"
+    QUERY_MARKER = PREFIX + "query_marker"
+    # Row-major float32 weights and their [out, in] shapes, one pair per layer.
+    PROJECTOR_WEIGHTS = (PREFIX + "projector.0.weight", PREFIX + "projector.2.weight")
+    PROJECTOR_SHAPES = (PREFIX + "projector.0.shape", PREFIX + "projector.2.shape")
+    SOURCE = PREFIX + "source"  # local path or Hub repo id
+    SOURCE_REVISION = PREFIX + "source.revision"
+    SOURCE_SHA256 = PREFIX + "source.sha256"  # of the weight files, in name order
+    SOURCE_DTYPE = PREFIX + "source.dtype"
+    CONVERTER_VERSION = PREFIX + "converter.version"
+    # Stock llama.cpp keys read back by `inspect` and the runtime.
+    ARCHITECTURE = "general.architecture"
+    NAME = "general.name"
+    FILE_TYPE = "general.file_type"
+    TOKENS = "tokenizer.ggml.tokens"

@@ -1,0 +1,244 @@
+"""`Reranker`: jina-reranker-v3 listwise scoring on a converted GGUF model."""
+from __future__ import annotations
+
+import threading
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reranker.blocks import cosine, merge_query_embeddings, plan_blocks
+from reranker.engine import LlamaEngine
+from reranker.errors import InputTooLongError, ModelFileError
+from reranker.gguf_metadata import read_metadata
+from reranker.model_format import ARCHITECTURE, DOC_MARKER, QUERY_MARKER, Keys
+from reranker.projector import Projector, find_projector
+from reranker.prompt import CONTROL_TOKENS, Control, build_prompt, remove_markers
+
+# Published defaults: `rerank()` arguments and the tokenizer's model_max_length.
+MAX_QUERY_TOKENS = 512
+MAX_DOC_TOKENS = 2048
+BLOCK_SIZE = 125
+BLOCK_TOKENS = 131072
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    index: int  # position in the caller's list
+    relevance_score: float  # cosine of the document's and the query's embeddings
+    document: str
+    embedding: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self, *, include_document: bool = True) -> dict:
+        out: dict = {"index": self.index, "relevance_score": self.relevance_score}
+        if include_document:
+            out["document"] = self.document
+        if self.embedding is not None:
+            out["embedding"] = self.embedding.tolist()
+        return out
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores and projected embeddings in input order."""
+    scores: np.ndarray  # [n_docs]
+    doc_embeddings: np.ndarray  # [n_docs, projector output]
+    query_embedding: np.ndarray
+    total_tokens: int  # tokens decoded, over every block
+    blocks: int
+
+
+def resolve_model_file(model: str | Path) -> Path:
+    """A GGUF path, or a directory holding exactly one GGUF."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            listing = ", ".join(p.name for p in found) or "none"
+            raise ModelFileError(f"{path} holds {len(found)} .gguf files ({listing}); "
+                                 "name the one to use")
+        return found[0]
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist")
+    return path
+
+
+class Reranker:
+    """Scores documents against a query as jina-reranker-v3 does, on llama.cpp.
+
+    Calls from several threads are safe: they are serialized on one llama.cpp
+    context (decoding already uses every core given to it, so running two at once
+    would not be faster). Use one instance per process; `close()` frees it.
+    """
+
+    def __init__(self, model: str | Path, projector: str | Path | None = None, *,
+                 n_threads: int | None = None, max_context: int | None = None,
+                 block_size: int = BLOCK_SIZE, block_tokens: int = BLOCK_TOKENS,
+                 max_query_tokens: int = MAX_QUERY_TOKENS, max_doc_tokens: int = MAX_DOC_TOKENS,
+                 n_batch: int = 2048, n_ubatch: int = 512, flash_attention: bool | None = None):
+        for name, value in (("block_size", block_size), ("block_tokens", block_tokens),
+                            ("max_query_tokens", max_query_tokens),
+                            ("max_doc_tokens", max_doc_tokens), ("n_ubatch", n_ubatch)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+            raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+        self.model_path = resolve_model_file(model)
+        self.metadata = read_metadata(self.model_path)
+        arch = self.metadata.get(Keys.ARCHITECTURE)
+        if arch != ARCHITECTURE:
+            raise ModelFileError(f"{self.model_path} is a {arch!r} model; expected {ARCHITECTURE} "
+                                 "(a jina-reranker-v3 GGUF)")
+        tokens = self.metadata.get(Keys.TOKENS) or []
+        for marker in (DOC_MARKER, QUERY_MARKER):
+            if marker not in tokens:
+                raise ModelFileError(f"{self.model_path}: the vocabulary has no {marker}; "
+                                     "this is not a jina-reranker-v3 model")
+        self.projector: Projector = find_projector(self.model_path, self.metadata, projector)
+        self.block_size, self.block_tokens = block_size, block_tokens
+        self.max_query_tokens, self.max_doc_tokens = max_query_tokens, max_doc_tokens
+        self._engine = LlamaEngine(self.model_path, n_threads=n_threads, max_context=max_context,
+                                   n_batch=n_batch, n_ubatch=n_ubatch,
+                                   flash_attention=flash_attention)
+        self.projector.check_hidden_size(self._engine.hidden_size)
+        self._control_ids = {t: self._engine.special_token_id(t) for t in CONTROL_TOKENS}
+        self._lock = threading.Lock()
+
+    # -- public API -------------------------------------------------------------
+    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
+               instruction: str | None = None,
+               return_embeddings: bool = False) -> list[RerankResult]:
+        """Documents sorted by relevance, best first; the caller's list is not changed."""
+        _check_top_n(top_n)
+        docs = list(documents)
+        scored = self.score(query, docs, instruction=instruction)
+        return rank_scores(scored, docs, top_n=top_n, return_embeddings=return_embeddings)
+
+    def score(self, query: str, documents: Sequence[str], *,
+              instruction: str | None = None) -> Scores:
+        """Scores and embeddings in input order (the primitive `rerank` sorts)."""
+        _check_text("query", query)
+        if instruction is not None:
+            _check_text("instruction", instruction)
+        docs = list(documents)
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, str):
+                raise TypeError(f"documents[{i}] is {type(doc).__name__}; expected str")
+        out_dim = self.projector.second.shape[0]
+        if not docs:
+            return Scores(np.zeros(0), np.zeros((0, out_dim)), np.zeros(out_dim), 0, 0)
+        with self._lock:
+            return self._score(query, docs, instruction)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def close(self) -> None:
+        self._engine.close()
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        # The Hugging Face tokenizer NFC-normalizes before splitting; llama.cpp does not.
+        return self._engine.tokenize(unicodedata.normalize("NFC", text))
+
+    def _truncate(self, text: str, limit: int) -> tuple[str, int]:
+        """As published: cut to `limit` tokens and decode back to text."""
+        ids = self._encode(text)
+        if len(ids) >= limit:
+            return self._engine.detokenize(ids[:limit]), limit
+        return text, len(ids)
+
+    def _encode_prompt(self, parts) -> tuple[list[int], list[int], int]:
+        """Token ids, the document marker positions and the query marker position."""
+        ids: list[int] = []
+        pending: list[str] = []
+        doc_positions: list[int] = []
+        query_position = -1
+        for part in parts + [Control("")]:
+            if isinstance(part, str):
+                pending.append(part)
+                continue
+            if pending:
+                ids += self._encode("".join(pending))
+                pending = []
+            if not part.text:
+                break
+            if part.text == DOC_MARKER:
+                doc_positions.append(len(ids))
+            elif part.text == QUERY_MARKER:
+                query_position = len(ids)
+            ids.append(self._control_ids[part.text])
+        return ids, doc_positions, query_position
+
+    def _score(self, query: str, docs: list[str], instruction: str | None) -> Scores:
+        query, query_length = self._truncate(remove_markers(query), self.max_query_tokens)
+        if instruction is not None:
+            instruction = remove_markers(instruction)
+        cleaned, lengths = [], []
+        for doc in docs:
+            text, length = self._truncate(remove_markers(doc), self.max_doc_tokens)
+            cleaned.append(text)
+            lengths.append(length)
+        blocks = plan_blocks(lengths, query_length, max_length=self.block_tokens,
+                             block_size=self.block_size, max_doc_length=self.max_doc_tokens)
+        queue = list(reversed(blocks))
+        query_embeddings, block_doc_embeddings, done_blocks = [], [], []
+        total_tokens = 0
+        while queue:
+            block = queue.pop()
+            parts = build_prompt(query, [cleaned[i] for i in block], instruction)
+            ids, doc_positions, query_position = self._encode_prompt(parts)
+            if len(ids) > self._engine.max_context:
+                if len(block) == 1:
+                    raise InputTooLongError(
+                        f"document {block[0]} with the query and instruction needs {len(ids)} "
+                        f"tokens but the context is capped at {self._engine.max_context}; "
+                        "shorten the query or instruction, or lower max_doc_tokens")
+                # The published budget ignores the template's own tokens; halve and retry.
+                half = len(block) // 2
+                queue += [block[half:], block[:half]]
+                continue
+            states = self._engine.hidden_states(ids, doc_positions + [query_position])
+            projected = self.projector(states)
+            block_doc_embeddings.append(projected[:-1])
+            query_embeddings.append(projected[-1])
+            done_blocks.append(block)
+            total_tokens += len(ids)
+        query_embedding = (query_embeddings[0] if len(query_embeddings) == 1
+                           else merge_query_embeddings(query_embeddings, block_doc_embeddings))
+        doc_embeddings = np.empty((len(docs), block_doc_embeddings[0].shape[1]), dtype=np.float32)
+        for block, embeddings in zip(done_blocks, block_doc_embeddings):
+            doc_embeddings[block] = embeddings
+        scores = cosine(doc_embeddings, query_embedding)
+        return Scores(scores, doc_embeddings, np.asarray(query_embedding), total_tokens,
+                      len(done_blocks))
+
+
+def rank_scores(scored: Scores, documents: Sequence[str], *, top_n: int | None = None,
+                return_embeddings: bool = False) -> list[RerankResult]:
+    """Results sorted best first (ties keep input order), cut to `top_n`."""
+    _check_top_n(top_n)
+    order = np.argsort(-scored.scores, kind="stable")
+    if top_n is not None:
+        order = order[:top_n]
+    return [RerankResult(int(i), float(scored.scores[i]), documents[i],
+                         scored.doc_embeddings[i].copy() if return_embeddings else None)
+            for i in order]
+
+
+def _check_top_n(top_n) -> None:
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+        raise ValueError(f"top_n must be a non-negative integer or None, got {top_n!r}")
+
+
+def _check_text(name: str, value) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} is {type(value).__name__}; expected str")

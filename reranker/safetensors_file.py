@@ -1,0 +1,87 @@
+"""Read safetensors files with numpy alone (bfloat16 included), memory-mapped.
+
+The `safetensors` package's numpy loader cannot represent bfloat16, and torch
+is not a conversion-time dependency, so the format (an 8-byte header length, a
+JSON header, raw little-endian data) is read here directly.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reranker.errors import ModelFileError
+
+_ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    start: int  # absolute byte offset in the file
+    nbytes: int
+
+
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """Parse and validate one file's header; data is not read."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ModelFileError(f"{path}: truncated safetensors file ({size} bytes)")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > min(size - 8, _MAX_HEADER_BYTES):
+                raise ModelFileError(
+                    f"{path}: header length {header_len} does not fit a {size}-byte file "
+                    "(truncated or not safetensors)")
+            header = json.loads(f.read(header_len))
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read: {e.strerror or e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: header is not a JSON object")
+    data_start = 8 + header_len
+    entries: dict[str, TensorEntry] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = info.get("dtype")
+        if dtype not in _ITEMSIZE:
+            raise ModelFileError(
+                f"{path}: tensor {name} has dtype {dtype}; expected one of "
+                f"{', '.join(sorted(_ITEMSIZE))}")
+        shape = tuple(int(d) for d in info["shape"])
+        begin, end = (int(x) for x in info["data_offsets"])
+        expected = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]
+        if end - begin != expected:
+            raise ModelFileError(
+                f"{path}: tensor {name} holds {end - begin} bytes; shape {list(shape)} "
+                f"in {dtype} needs {expected}")
+        if data_start + end > size:
+            raise ModelFileError(
+                f"{path}: tensor {name} ends at byte {data_start + end} but the file has "
+                f"{size} bytes (truncated download?)")
+        entries[name] = TensorEntry(name, dtype, shape, path, data_start + begin, expected)
+    return entries
+
+
+def load_float32(entry: TensorEntry) -> np.ndarray:
+    """The tensor as float32 (bf16 and f16 widened exactly)."""
+    raw = np.memmap(entry.file, dtype=np.uint8, mode="r", offset=entry.start,
+                    shape=(entry.nbytes,))
+    if entry.dtype == "F32":
+        values = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    elif entry.dtype == "F16":
+        values = np.frombuffer(raw, dtype="<f2").astype(np.float32)
+    else:  # BF16 is the top half of a float32
+        values = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    return values.reshape(entry.shape)

@@ -1,0 +1,1 @@
+"""The `reranker-cli` command: thin click commands over the `convert` and `reranker` libraries."""

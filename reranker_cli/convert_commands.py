@@ -1,0 +1,106 @@
+"""`convert` and `quantize`: thin wrappers over `convert.api`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from convert.api import ConversionSummary, convert_checkpoint, quantize_gguf
+from convert.file_types import USABLE_TYPE_NAMES
+from reranker_cli.errors import friendly_errors
+from reranker_cli.models_dir import models_dir
+
+TYPE_CHOICE = click.Choice(USABLE_TYPE_NAMES + ["iq2_xxs", "iq2_xs", "iq2_s", "iq2_m",
+                                                "iq1_s", "iq1_m", "q2_k_s"],
+                           case_sensitive=False)
+
+
+def default_outfile(source: str, type_name: str) -> Path:
+    stem = Path(source.rstrip("/")).name or "model"
+    return models_dir() / f"{stem}-{type_name.lower()}.gguf"
+
+
+def _report(summary: ConversionSummary) -> None:
+    click.echo(summary.describe())
+
+
+class StageProgress:
+    """A line per conversion stage and a progress bar over its tensors (on stderr)."""
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def stage(self, text: str) -> None:
+        self.close()
+        click.echo(f"{text}...", err=True)
+
+    def tensor(self, done: int, total: int, name: str) -> None:
+        if self._bar is None:
+            self._bar = click.progressbar(length=total, label="tensors",
+                                          file=click.get_text_stream("stderr"))
+            self._bar.__enter__()
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+@click.command()
+@click.argument("source")
+@click.option("--outfile", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output GGUF (default: models/<source name>-<type>.gguf).")
+@click.option("--type", "-t", "type_name", type=TYPE_CHOICE, default="q8_0", show_default=True,
+              help="Weight type of the output.")
+@click.option("--revision", help="Hub revision (branch, tag or commit) when SOURCE is a repo id.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for llama.cpp's quantizer.")
+def convert(source: str, outfile: Path | None, type_name: str, revision: str | None,
+            force: bool, threads: int | None) -> None:
+    """Convert a jina-reranker-v3 checkpoint to one GGUF file that stock llama.cpp loads.
+
+    SOURCE is a local checkpoint directory (config.json, model.safetensors or a
+    sharded index, tokenizer.json) or a Hub repo id such as jinaai/jina-reranker-v3,
+    fetched through the Hugging Face cache (HF_HUB_OFFLINE=1 uses the cache only).
+    The projector is stored in the GGUF's metadata. f32, f16, bf16 and q8_0 are
+    written directly; the other types go through llama.cpp's quantizer.
+
+    \b
+    Examples:
+      reranker-cli convert ./jina-reranker-v3 --type q4_k_m
+      reranker-cli convert jinaai/jina-reranker-v3 -o models/jr3-f16.gguf -t f16
+    """
+    outfile = outfile or default_outfile(source, type_name)
+    if outfile.parent == models_dir():
+        outfile.parent.mkdir(parents=True, exist_ok=True)
+    progress = StageProgress()
+    with friendly_errors():
+        try:
+            summary = convert_checkpoint(source, outfile, type_name, revision=revision,
+                                         force=force, n_threads=threads, progress=progress.tensor,
+                                         on_stage=progress.stage)
+        finally:
+            progress.close()
+    _report(summary)
+
+
+@click.command()
+@click.argument("infile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--outfile", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output GGUF.")
+@click.option("--type", "-t", "type_name", type=TYPE_CHOICE, required=True,
+              help="Weight type of the output.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for llama.cpp's quantizer.")
+def quantize(infile: Path, outfile: Path, type_name: str, force: bool, threads: int | None) -> None:
+    """Requantize an f32/f16/bf16 reranker GGUF; the projector is carried along.
+
+    \b
+    Example:
+      reranker-cli quantize models/jr3-f16.gguf -o models/jr3-q4_k_m.gguf -t q4_k_m
+    """
+    with friendly_errors():
+        click.echo(f"quantizing {infile} to {type_name}...", err=True)
+        summary = quantize_gguf(infile, outfile, type_name, force=force, n_threads=threads)
+    _report(summary)

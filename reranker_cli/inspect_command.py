@@ -1,0 +1,56 @@
+"""`inspect`: what a model file is."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from reranker.model_info import describe_model
+from reranker.reranker import resolve_model_file
+from reranker_cli.errors import friendly_errors
+from reranker_cli.models_dir import resolve_model
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def inspect(model: str | None, as_json: bool) -> None:
+    """Describe a model file: architecture, type, size, tokens, markers, projector, source.
+
+    MODEL is a GGUF path, a directory, or a model name under models/ (default: the
+    default model). Only metadata is read; no weights are loaded.
+
+    \b
+    Example:
+      reranker-cli inspect models/jina-reranker-v3-q8_0.gguf
+    """
+    with friendly_errors():
+        info = describe_model(resolve_model_file(resolve_model(model)))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    projector = info["projector"]
+    if projector is None:
+        projector_text = "none found (not a converted reranker?)"
+    elif projector["shapes"]:
+        projector_text = f"{projector['where']}, shapes {projector['shapes']}"
+    else:
+        projector_text = projector["where"]
+    markers = ", ".join(f"{k} = {'missing' if v is None else v}" for k, v in info["markers"].items())
+    rows = [
+        ("file", info["file"]),
+        ("size", f"{info['size_bytes'] / 1e6:.1f} MB"),
+        ("architecture", f"{info['architecture']} ({info['layers']} layers, hidden "
+                         f"{info['hidden_size']}, context {info['context_length']})"),
+        ("type", info["file_type"]),
+        ("tensors", f"{info['tensor_count']} ("
+                    + ", ".join(f"{k}: {v}" for k, v in info["tensor_types"].items()) + ")"),
+        ("vocabulary", f"{info['vocab_size']} tokens"),
+        ("markers", markers),
+        ("projector", projector_text),
+        ("source", " @ ".join(x for x in (info["source"], info["source_revision"]) if x) or "unknown"),
+        ("source sha256", info["source_sha256"] or "unknown"),
+        ("converter", info["converter_version"] or "unknown (not made by reranker-cli convert)"),
+    ]
+    for key, value in rows:
+        click.echo(f"{key + ':':15}{value}")

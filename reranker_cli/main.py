@@ -1,0 +1,52 @@
+"""reranker-cli: convert, quantize, inspect, pull and rerank with jina-reranker-v3 on CPU."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import click
+
+from reranker_cli.convert_commands import convert, quantize
+from reranker_cli.inspect_command import inspect
+from reranker_cli.pull_command import pull
+from reranker_cli.rerank_command import rerank
+
+
+def _interrupt_on_sigterm(signum, frame):
+    # A terminated conversion then unwinds like Ctrl-C and removes its partial output.
+    raise KeyboardInterrupt
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show progress details and llama.cpp's own log.")
+@click.version_option(package_name="reranker")
+def cli(verbose: bool) -> None:
+    """Run the jina-reranker-v3 listwise reranker on CPU through llama.cpp.
+
+    \b
+    Typical air-gapped workflow:
+      reranker-cli pull --type q8_0               # on a connected machine
+      reranker-cli convert ./jina-reranker-v3 --type q4_k_m   # or from a local copy
+      reranker-cli rerank --query "..." --document "..." --document "..."
+    """
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root = logging.getLogger("reranker")
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)
+
+
+for command in (convert, quantize, rerank, pull, inspect):
+    cli.add_command(command)
+
+
+def main() -> None:
+    """The console script: the CLI plus process-level signal handling."""
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""`rerank`: score documents against a query and print a table or rerank-API JSON."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from reranker import Reranker
+from reranker.reranker import rank_scores
+from reranker_cli.documents_input import read_batch, read_documents
+from reranker_cli.errors import friendly_errors
+from reranker_cli.models_dir import resolve_model
+
+
+def response_json(model_name: str, results, total_tokens: int, include_documents: bool = True) -> dict:
+    """The shape of the Jina / Cohere rerank APIs' responses."""
+    out = []
+    for r in results:
+        item = {"index": r.index, "relevance_score": r.relevance_score}
+        if include_documents:
+            item["document"] = {"text": r.document}
+        out.append(item)
+    return {"model": model_name, "usage": {"total_tokens": total_tokens}, "results": out}
+
+
+def _table(results) -> str:
+    width = max(40, shutil.get_terminal_size((100, 20)).columns - 24)
+    lines = [f"{'rank':>4}  {'index':>5}  {'score':>8}  document"]
+    for rank, r in enumerate(results, start=1):
+        text = " ".join(r.document.split())
+        if len(text) > width:
+            text = text[:width - 1] + "…"
+        lines.append(f"{rank:>4}  {r.index:>5}  {r.relevance_score:>8.4f}  {text}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--query", "-q", help="The query (required unless --batch is used).")
+@click.option("--document", "-d", "documents", multiple=True,
+              help="A document; repeat for each one.")
+@click.option("--documents-file", "-f", type=click.File("r", encoding="utf-8"),
+              help="Documents, one per line or JSON Lines with a \"text\" field; - for stdin.")
+@click.option("--batch", "batch_file", type=click.File("r", encoding="utf-8"),
+              help="JSON Lines of {\"query\", \"documents\", \"top_n\"?, \"instruction\"?}; "
+                   "writes one JSON response per line.")
+@click.option("--model", "-m", help="GGUF file, directory, or name of a model in models/.")
+@click.option("--projector", type=click.Path(dir_okay=False, path_type=Path),
+              help="projector.safetensors for a backbone GGUF without one.")
+@click.option("--top-n", "-n", type=click.IntRange(min=0), help="Only the best N results.")
+@click.option("--instruction", "-i", help="Extra ranking instruction placed in the prompt.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all available).")
+@click.option("--json", "as_json", is_flag=True, help="Print the Jina/Cohere rerank response JSON.")
+@click.option("--no-documents", is_flag=True, help="Leave document texts out of JSON output.")
+def rerank(query, documents, documents_file, batch_file, model, projector, top_n, instruction,
+           threads, as_json, no_documents) -> None:
+    """Rank documents by relevance to a query, best first.
+
+    Documents come from --document options, --documents-file, or standard input
+    when neither is given. Blank lines in document files are skipped.
+
+    \b
+    Examples:
+      reranker-cli rerank -q "capital of France" -d "Paris is..." -d "Berlin is..."
+      reranker-cli rerank -q "capital of France" -f docs.txt --top-n 3 --json
+      cat docs.jsonl | reranker-cli rerank -q "capital of France" -m models/jr3-q4_k_m.gguf
+      reranker-cli rerank --batch requests.jsonl > responses.jsonl
+    """
+    if batch_file is not None:
+        if query or documents or documents_file:
+            raise click.UsageError("--batch takes queries and documents from its file; "
+                                   "drop --query/--document/--documents-file")
+        requests = read_batch(batch_file, batch_file.name)
+    else:
+        if not query:
+            raise click.UsageError("--query is required (or use --batch)")
+        docs = list(documents)
+        if documents_file is not None:
+            docs += read_documents(documents_file, documents_file.name)
+        elif not docs:
+            stdin = click.get_text_stream("stdin")
+            if stdin.isatty():
+                raise click.UsageError("no documents: pass --document, --documents-file, "
+                                       "or pipe them on stdin")
+            docs = read_documents(stdin, "<stdin>")
+        if not docs:
+            raise click.ClickException("no documents to rank (the input was empty)")
+        requests = [{"query": query, "documents": docs, "top_n": top_n,
+                     "instruction": instruction, "line": None}]
+
+    model_path = resolve_model(model)
+    with friendly_errors(), Reranker(model_path, projector, n_threads=threads) as ranker:
+        if batch_file is None:
+            request = requests[0]
+            results, tokens = _run(ranker, request)
+            if as_json:
+                click.echo(json.dumps(response_json(model_path.name, results, tokens,
+                                                    not no_documents), ensure_ascii=False))
+            else:
+                click.echo(_table(results))
+            return
+        with click.progressbar(requests, label="queries", file=sys.stderr) as bar:
+            for request in bar:
+                results, tokens = _run(ranker, request)
+                click.echo(json.dumps(response_json(model_path.name, results, tokens,
+                                                    not no_documents), ensure_ascii=False))
+
+
+def _run(ranker: Reranker, request: dict):
+    scored = ranker.score(request["query"], request["documents"],
+                          instruction=request["instruction"])
+    results = rank_scores(scored, request["documents"], top_n=request["top_n"])
+    return results, scored.total_tokens

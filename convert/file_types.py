@@ -38,11 +38,11 @@ _TYPES = [
     FileType("q3_k_s", LlamaFileType.MOSTLY_Q3_K_S),
     FileType("iq3_m", LlamaFileType.MOSTLY_IQ3_M),
     FileType("iq3_s", LlamaFileType.MOSTLY_IQ3_S),
-    FileType("iq3_xs", LlamaFileType.MOSTLY_IQ3_XS),
-    FileType("iq3_xxs", LlamaFileType.MOSTLY_IQ3_XXS),
     FileType("q2_k", LlamaFileType.MOSTLY_Q2_K),
     # llama.cpp's quantizer refuses these without an importance matrix.
     FileType("q2_k_s", LlamaFileType.MOSTLY_Q2_K_S, needs_imatrix=True),
+    FileType("iq3_xs", LlamaFileType.MOSTLY_IQ3_XS, needs_imatrix=True),
+    FileType("iq3_xxs", LlamaFileType.MOSTLY_IQ3_XXS, needs_imatrix=True),
     FileType("iq2_m", LlamaFileType.MOSTLY_IQ2_M, needs_imatrix=True),
     FileType("iq2_s", LlamaFileType.MOSTLY_IQ2_S, needs_imatrix=True),
     FileType("iq2_xs", LlamaFileType.MOSTLY_IQ2_XS, needs_imatrix=True),

@@ -16,15 +16,16 @@ def run_llama_quantizer(source: Path, destination: Path, target: FileType,
     """
     import llama_cpp
 
-    from reranker.llama_logging import route_llama_logs
+    from reranker.llama_logging import route_llama_logs, take_last_error
 
     route_llama_logs()
+    take_last_error()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(target.ftype)
     params.nthread = n_threads or 0  # 0: llama.cpp uses the hardware's thread count
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(),
                                             params)
     if status != 0:
-        raise ConversionError(
-            f"llama.cpp's quantizer failed to make {target.name} from {source} "
-            f"(status {status}; run with -v to see its log)")
+        reason = take_last_error() or f"status {status}"
+        raise ConversionError(f"llama.cpp's quantizer failed to make {target.name}: {reason} "
+                              "(run with -v to see its log)")

@@ -21,6 +21,7 @@ from reranker.llama_logging import route_llama_logs
 
 HIDDEN_STATE_NODE = b"result_norm"
 _CONTEXT_STEP = 1024  # contexts grow in these steps, so similar requests reuse one
+KV_CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8}  # ggml_type values
 
 
 def default_thread_count() -> int:
@@ -36,7 +37,7 @@ class LlamaEngine:
 
     def __init__(self, model_path: str | Path, *, n_threads: int | None = None,
                  max_context: int | None = None, n_batch: int = 2048, n_ubatch: int = 512,
-                 flash_attention: bool | None = None):
+                 flash_attention: bool | None = None, kv_cache_type: str = "f16"):
         import llama_cpp
 
         self._llama = llama_cpp
@@ -46,6 +47,10 @@ class LlamaEngine:
         self.n_batch = max(n_batch, n_ubatch)  # tokens per llama_decode call, at most
         self._ctx_batch = 0  # the current context's batch size
         self._flash_attention = flash_attention
+        if kv_cache_type not in KV_CACHE_TYPES:
+            raise ValueError(f"kv_cache_type {kv_cache_type!r} is not one of "
+                             f"{', '.join(KV_CACHE_TYPES)}")
+        self._kv_type = KV_CACHE_TYPES[kv_cache_type]
         self._lock = threading.Lock()
         self._ctx = None
         self._ctx_size = 0
@@ -165,6 +170,7 @@ class LlamaEngine:
         params.no_perf = True
         params.cb_eval = self._eval_callback
         params.cb_eval_user_data = None
+        params.type_k = params.type_v = self._kv_type
         if self._flash_attention is not None:
             params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if self._flash_attention
                                       else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)

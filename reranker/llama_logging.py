@@ -15,25 +15,34 @@ import threading
 logger = logging.getLogger("reranker.llama_cpp")
 logging.getLogger("reranker").addHandler(logging.NullHandler())
 
-# ggml_log_level: NONE, INFO, WARN, ERROR, DEBUG, CONT (continues the previous line).
-_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR,
-           4: logging.DEBUG}
+# ggml_log_level in this llama.cpp: NONE, DEBUG, INFO, WARN, ERROR, CONT (continues
+# the previous line). llama-cpp-python's own logger still assumes an older order.
+_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
+           4: logging.ERROR}
 _lock = threading.Lock()
 _installed_callback = None  # kept referenced: llama.cpp calls it for the process's lifetime
-_state = {"level": logging.DEBUG, "partial": ""}
+_state = {"level": logging.DEBUG, "partial": "", "last_error": ""}
 
 
 def _forward(level: int, text: bytes, _user_data) -> None:
     if level != 5:
         _state["level"] = _LEVELS.get(level, logging.DEBUG)
-    if not logger.isEnabledFor(_state["level"]):
-        return
     line = _state["partial"] + text.decode("utf-8", errors="replace")
     if not line.endswith("\n"):  # llama.cpp sometimes emits a line in pieces
         _state["partial"] = line
         return
     _state["partial"] = ""
-    logger.log(_state["level"], "%s", line.rstrip("\n"))
+    line = line.strip()
+    if _state["level"] >= logging.ERROR and line:
+        _state["last_error"] = line
+    if line and logger.isEnabledFor(_state["level"]):
+        logger.log(_state["level"], "%s", line)
+
+
+def take_last_error() -> str:
+    """The last error line llama.cpp logged since the previous call ('' if none)."""
+    message, _state["last_error"] = _state["last_error"], ""
+    return message
 
 
 def route_llama_logs() -> None:

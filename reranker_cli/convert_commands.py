@@ -6,13 +6,12 @@ from pathlib import Path
 import click
 
 from convert.api import ConversionSummary, convert_checkpoint, quantize_gguf
-from convert.file_types import USABLE_TYPE_NAMES
+from convert.file_types import FILE_TYPES
 from reranker_cli.errors import friendly_errors
 from reranker_cli.models_dir import models_dir
 
-TYPE_CHOICE = click.Choice(USABLE_TYPE_NAMES + ["iq2_xxs", "iq2_xs", "iq2_s", "iq2_m",
-                                                "iq1_s", "iq1_m", "q2_k_s"],
-                           case_sensitive=False)
+# Types needing an importance matrix stay accepted so the refusal can say why.
+TYPE_CHOICE = click.Choice(list(FILE_TYPES), case_sensitive=False)
 
 
 def default_outfile(source: str, type_name: str) -> Path:

@@ -1,0 +1,284 @@
+"""The converter: every type loads in llama.cpp, metadata and values are right, bad input is refused."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+
+import gguf
+import numpy as np
+import pytest
+
+from convert.api import convert_checkpoint, quantize_gguf
+from convert.errors import CheckpointError, ConversionError
+from convert.file_types import FILE_TYPES, USABLE_TYPE_NAMES
+from gguf_helpers import gguf_tensors
+from reranker import Reranker
+from reranker.gguf_metadata import read_metadata
+from reranker.model_format import Keys
+from reranker.safetensors_file import load_float32, read_header
+
+
+def _link_copy(src, dst):
+    shutil.copytree(src, dst, copy_function=os.link)
+    return dst
+
+
+def _rewrite_weights(checkpoint, out, *, drop=(), add=None, reshape=None, dtype=None,
+                     truncate_bytes=0):
+    """Copy a checkpoint, rewriting model.safetensors with the requested damage."""
+    _link_copy(checkpoint, out)
+    source = out / "model.safetensors"
+    entries = read_header(source)
+    header, blobs, offset = {}, [], 0
+    raw = source.read_bytes()
+    for name, entry in entries.items():
+        if name in drop:
+            continue
+        data = raw[entry.start:entry.start + entry.nbytes]
+        shape = list(reshape[name]) if reshape and name in reshape else list(entry.shape)
+        if reshape and name in reshape:
+            data = data[: int(np.prod(shape)) * 2]
+        kind = dtype[name] if dtype and name in dtype else entry.dtype
+        header[name] = {"dtype": kind, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    for name, (shape, data) in (add or {}).items():
+        header[name] = {"dtype": "BF16", "shape": list(shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header).encode()
+    source.unlink()  # it is a hard link to the shared fixture: never write through it
+    with open(source, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
+    if truncate_bytes:
+        with open(source, "r+b") as f:
+            f.truncate(source.stat().st_size - truncate_bytes)
+    return out
+
+
+@pytest.mark.parametrize("type_name", USABLE_TYPE_NAMES)
+def test_every_type_loads_and_scores_in_llama_cpp(converted, type_name):
+    path = converted(type_name)
+    meta = read_metadata(path)
+    assert meta.get(Keys.FILE_TYPE) == int(FILE_TYPES[type_name].ftype)
+    with Reranker(path, n_threads=2) as ranker:
+        scores = ranker.score("a query", ["first document", "second document"]).scores
+    assert scores.shape == (2,) and np.all(np.isfinite(scores))
+
+
+def test_metadata_llama_cpp_needs(converted, tiny_checkpoint):
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    meta = read_metadata(converted("f16"))
+    assert meta.get("general.architecture") == "qwen3"
+    assert meta.get("qwen3.attention.key_length") == config["head_dim"]
+    assert meta.get("qwen3.attention.value_length") == config["head_dim"]
+    assert meta.get("qwen3.attention.head_count") == config["num_attention_heads"]
+    assert meta.get("qwen3.attention.head_count_kv") == config["num_key_value_heads"]
+    assert meta.get("qwen3.block_count") == config["num_hidden_layers"]
+    assert meta.get("qwen3.rope.freq_base") == pytest.approx(config["rope_theta"])
+    assert meta.get("qwen3.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
+    assert meta.get("tokenizer.ggml.model") == "gpt2"
+    assert meta.get("tokenizer.ggml.pre") == "qwen2"
+    tokens, types = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.token_type")
+    assert len(tokens) == config["vocab_size"]
+    assert tokens[151670] == "<|embed_token|>" and tokens[151671] == "<|rerank_token|>"
+    assert types[151670] == gguf.TokenType.CONTROL and types[151644] == gguf.TokenType.CONTROL
+    assert types[151667] == gguf.TokenType.USER_DEFINED  # <think>
+    assert set(types[151672:].tolist()) == {gguf.TokenType.UNUSED}
+    assert len(meta.get("tokenizer.ggml.merges")) == 151643 - 256
+    assert meta.get("tokenizer.ggml.eos_token_id") == 151645
+    assert "output.weight" not in {t.name for t in meta.tensors}  # tied embeddings
+
+
+def test_provenance_is_recorded(converted, tiny_checkpoint):
+    import hashlib
+
+    meta = read_metadata(converted("q8_0"))
+    digest = hashlib.sha256((tiny_checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    assert meta.get(Keys.SOURCE_SHA256) == digest
+    assert meta.get(Keys.SOURCE) == str(tiny_checkpoint)
+    assert meta.get(Keys.CONVERTER_VERSION)
+    assert meta.get(Keys.DOC_MARKER) == "<|embed_token|>"
+    assert meta.get(Keys.QUERY_MARKER) == "<|rerank_token|>"
+
+
+def test_projector_is_embedded_exactly(converted, tiny_checkpoint):
+    tensors = read_header(tiny_checkpoint / "model.safetensors")
+    meta = read_metadata(converted("q4_k_m"))  # through llama.cpp's quantizer too
+    for name, weight_key, shape_key in zip(("projector.0.weight", "projector.2.weight"),
+                                           Keys.PROJECTOR_WEIGHTS, Keys.PROJECTOR_SHAPES):
+        source = load_float32(tensors[name])
+        assert list(meta.get(shape_key)) == list(source.shape)
+        np.testing.assert_array_equal(meta.get(weight_key).reshape(source.shape), source)
+
+
+@pytest.mark.parametrize("type_name,tolerance", [("f32", 0), ("f16", 0), ("bf16", 0),
+                                                 ("q8_0", 0.02)])
+def test_tensor_values_equal_the_source(converted, tiny_checkpoint, type_name, tolerance):
+    source = read_header(tiny_checkpoint / "model.safetensors")
+    written = gguf_tensors(converted(type_name))
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, 2)
+    assert len(written) == len(source) - 2  # all but the projector
+    for hf_name, entry in source.items():
+        if hf_name.startswith("projector."):
+            continue
+        values, stored = written[name_map.get_name(hf_name, try_suffixes=(".weight",))]
+        expected = load_float32(entry)
+        if expected.ndim == 1:
+            assert stored == gguf.GGMLQuantizationType.F32
+        if type_name == "f16" and expected.ndim == 2:
+            # bf16 has f32's exponent range: its tiniest values round in f16.
+            expected = expected.astype(np.float16).astype(np.float32)
+        if tolerance == 0:
+            np.testing.assert_array_equal(values, expected, err_msg=hf_name)
+        else:
+            scale = np.abs(expected).max()
+            assert np.abs(values - expected).max() <= tolerance * scale, hf_name
+
+
+@pytest.mark.parametrize("options", [{"dtype": "f16"}, {"dtype": "f32"}, {"shards": 3},
+                                     {"merges_as_strings": True}],
+                         ids=["f16-source", "f32-source", "sharded", "string-merges"])
+def test_other_published_forms_convert_alike(make_tiny, qwen_ranks, converted, tmp_path, options):
+    import make_checkpoint
+
+    if options.get("merges_as_strings"):
+        checkpoint = make_checkpoint.make_checkpoint(
+            tmp_path / "ckpt", tokenizer_json=make_checkpoint.build_tokenizer_json(
+                qwen_ranks, merges_as_strings=True))
+    else:
+        checkpoint = make_tiny(**options)
+    out = tmp_path / "out.gguf"
+    convert_checkpoint(checkpoint, out, "f32")
+    ours, baseline = gguf_tensors(out), gguf_tensors(converted("f32"))
+    for name, (values, _) in baseline.items():
+        if options.get("dtype") == "f16":  # f16 rounds the random weights differently
+            np.testing.assert_allclose(ours[name][0], values, rtol=1e-2, atol=1e-2)
+        elif options.get("dtype") != "f32":
+            np.testing.assert_array_equal(ours[name][0], values)
+    assert read_metadata(out).get("tokenizer.ggml.merges") == \
+        read_metadata(converted("f32")).get("tokenizer.ggml.merges")
+
+
+def test_requantize_carries_the_projector(converted, tmp_path):
+    out = tmp_path / "requantized.gguf"
+    summary = quantize_gguf(converted("f16"), out, "q4_k_m")
+    assert summary.type_name == "q4_k_m" and out.stat().st_size < converted("f16").stat().st_size
+    requantized, original = read_metadata(out), read_metadata(converted("f16"))
+    for key in Keys.PROJECTOR_WEIGHTS + (Keys.SOURCE_SHA256,):
+        np.testing.assert_array_equal(requantized.get(key), original.get(key))
+    with Reranker(out, n_threads=2) as ranker:
+        assert ranker.score("q", ["d"]).scores.shape == (1,)
+
+
+def test_requantizing_a_quantized_file_is_refused(converted, tmp_path):
+    with pytest.raises(ConversionError, match="q8_0.*requantize from an f32, f16 or bf16"):
+        quantize_gguf(converted("q8_0"), tmp_path / "x.gguf", "q4_k_m")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("type_name", ["iq2_xxs", "iq1_s", "q2_k_s"])
+def test_types_needing_an_importance_matrix_are_refused(tiny_checkpoint, tmp_path, type_name):
+    with pytest.raises(ConversionError, match="importance matrix"):
+        convert_checkpoint(tiny_checkpoint, tmp_path / "x.gguf", type_name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_type_names_the_choices(tiny_checkpoint, tmp_path):
+    with pytest.raises(ConversionError, match="unknown output type 'q9_9'.*q4_k_m"):
+        convert_checkpoint(tiny_checkpoint, tmp_path / "x.gguf", "q9_9")
+
+
+def test_existing_output_needs_force(tiny_checkpoint, tmp_path):
+    out = tmp_path / "model.gguf"
+    out.write_bytes(b"keep me")
+    with pytest.raises(ConversionError, match="already exists; pass --force"):
+        convert_checkpoint(tiny_checkpoint, out, "f16")
+    assert out.read_bytes() == b"keep me"
+    convert_checkpoint(tiny_checkpoint, out, "f16", force=True)
+    assert read_metadata(out).get("general.architecture") == "qwen3"
+
+
+@pytest.mark.parametrize("type_name", ["q8_0", "q4_k_m"])
+def test_an_interrupted_run_leaves_nothing(tiny_checkpoint, tmp_path, type_name):
+    def interrupt(done, total, name):
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert_checkpoint(tiny_checkpoint, tmp_path / "x.gguf", type_name, progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+
+
+BAD_INPUTS = {
+    "missing path": (lambda ck, d: d / "missing", "neither an existing directory nor a Hub repo id"),
+    "a file, not a directory": (lambda ck, d: _a_file(d), "is not a directory"),
+    "no config": (lambda ck, d: (d.mkdir(), d)[1], "no config.json"),
+    "unknown architecture": (
+        lambda ck, d: _edit_config(ck, d, architectures=["LlamaForCausalLM"], model_type="llama"),
+        r"architectures \['LlamaForCausalLM'\].*JinaForRanking"),
+    "missing config key": (lambda ck, d: _edit_config(ck, d, hidden_size=None), "missing hidden_size"),
+    "no weights": (lambda ck, d: _remove(ck, d, "model.safetensors"), "no model.safetensors"),
+    "no tokenizer": (lambda ck, d: _remove(ck, d, "tokenizer.json"), "tokenizer.json is missing"),
+    "missing tensor": (lambda ck, d: _rewrite_weights(ck, d, drop={"model.layers.1.mlp.up_proj.weight"}),
+                       "tensor model.layers.1.mlp.up_proj.weight is missing"),
+    "missing projector": (lambda ck, d: _rewrite_weights(ck, d, drop={"projector.2.weight"}),
+                          "projector.2.weight.*missing"),
+    "extra tensor": (lambda ck, d: _rewrite_weights(ck, d, add={"lm_head.weight": ((2, 2), b"\0" * 8)}),
+                     "unexpected tensor lm_head.weight"),
+    "misshaped tensor": (lambda ck, d: _rewrite_weights(
+        ck, d, reshape={"model.layers.0.self_attn.k_proj.weight": (64, 256)}),
+        r"k_proj.weight has shape \[64, 256\]; expected \[128, 256\]"),
+    "unsupported dtype": (lambda ck, d: _rewrite_weights(
+        ck, d, dtype={"model.norm.weight": "I16"}), "model.norm.weight has dtype I16"),
+    "truncated weights": (lambda ck, d: _rewrite_weights(ck, d, truncate_bytes=1000),
+                          "truncated download"),
+    "tokenizer without markers": (lambda ck, d: _edit_tokenizer(ck, d), "lack <|embed_token|>"),
+}
+
+
+def _a_file(path):
+    path.write_text("not a checkpoint")
+    return path
+
+
+def _edit_config(checkpoint, out, **changes):
+    _link_copy(checkpoint, out)
+    config = json.loads((out / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    (out / "config.json").unlink()
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def _remove(checkpoint, out, name):
+    _link_copy(checkpoint, out)
+    (out / name).unlink()
+    return out
+
+
+def _edit_tokenizer(checkpoint, out):
+    _link_copy(checkpoint, out)
+    data = json.loads((out / "tokenizer.json").read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if "embed_token" not in t["content"]]
+    (out / "tokenizer.json").unlink()
+    (out / "tokenizer.json").write_text(json.dumps(data))
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_error_and_nothing_written(tiny_checkpoint, tmp_path, case):
+    make, message = BAD_INPUTS[case]
+    source = make(tiny_checkpoint, tmp_path / "ckpt")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(CheckpointError, match=message):
+        convert_checkpoint(source, out_dir / "model.gguf", "q8_0")
+    assert list(out_dir.iterdir()) == []

@@ -92,9 +92,9 @@ def quantize_gguf(infile: str | Path, outfile: str | Path, type_name: str, *,
                               "or bf16 file to avoid compounding quantization error")
     if infile.resolve() == outfile.resolve():
         raise ConversionError("input and output are the same file; choose another --outfile")
+    if ftype == int(target.ftype):
+        raise ConversionError(f"{infile} is already {target.name}")
     with atomic_output(outfile, force) as tmp:
-        if target.direct is not None and ftype == int(target.ftype):
-            raise ConversionError(f"{infile} is already {target.name}")
         run_llama_quantizer(infile, tmp, target, n_threads)
     return ConversionSummary(outfile, target.name, outfile.stat().st_size, len(meta.tensors),
                              time.monotonic() - started, str(infile))

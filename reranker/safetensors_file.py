@@ -54,13 +54,16 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = info.get("dtype")
+        try:
+            dtype = info.get("dtype")
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ModelFileError(f"{path}: header entry for {name} is malformed") from None
         if dtype not in _ITEMSIZE:
             raise ModelFileError(
                 f"{path}: tensor {name} has dtype {dtype}; expected one of "
                 f"{', '.join(sorted(_ITEMSIZE))}")
-        shape = tuple(int(d) for d in info["shape"])
-        begin, end = (int(x) for x in info["data_offsets"])
         expected = int(np.prod(shape, dtype=np.int64)) * _ITEMSIZE[dtype]
         if end - begin != expected:
             raise ModelFileError(

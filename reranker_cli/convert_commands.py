@@ -1,6 +1,7 @@
 """`convert` and `quantize`: thin wrappers over `convert.api`."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -36,7 +37,7 @@ class StageProgress:
     def tensor(self, done: int, total: int, name: str) -> None:
         if self._bar is None:
             self._bar = click.progressbar(length=total, label="tensors",
-                                          file=click.get_text_stream("stderr"))
+                                          file=sys.stderr)
             self._bar.__enter__()
         self._bar.update(1)
 

@@ -80,7 +80,7 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
         if documents_file is not None:
             docs += read_documents(documents_file, documents_file.name)
         elif not docs:
-            stdin = click.get_text_stream("stdin")
+            stdin = sys.stdin
             if stdin.isatty():
                 raise click.UsageError("no documents: pass --document, --documents-file, "
                                        "or pipe them on stdin")

@@ -20,7 +20,6 @@ import argparse
 import base64
 import importlib.util
 import json
-import os
 import struct
 import sys
 from pathlib import Path

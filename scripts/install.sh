@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the project and its test dependencies into ./.venv (idempotent).
+#
+# llama-cpp-python is compiled from source on first install (5-9 minutes on two
+# cores); pip caches the built wheel, so later installs take seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first, pinned: where a local CPU wheel of this release is offered (as on
+# this project's CI machines) pip takes it instead of downloading a CUDA build.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    .venv/bin/python -m pip install --quiet "torch==2.13.0"
+fi
+.venv/bin/python -m pip install --quiet -e ".[test]"
+echo "installed into .venv: $(.venv/bin/reranker-cli --version)"

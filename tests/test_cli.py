@@ -1,0 +1,180 @@
+"""reranker-cli through click's CliRunner (in-process) and one real subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from reranker_cli.main import cli
+
+DOCS = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Bananas."]
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("RERANKER_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def _rerank(runner, model, *args, input=None):
+    return runner.invoke(cli, ["rerank", "-m", str(model), "-q", "capital of France", *args],
+                         input=input)
+
+
+def test_documents_from_arguments_as_a_table(runner, converted):
+    done = _rerank(runner, converted("q8_0"), *sum((["-d", d] for d in DOCS), []))
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    assert lines[0].split() == ["rank", "index", "score", "document"]
+    assert len(lines) == 4
+    assert {line.split()[1] for line in lines[1:]} == {"0", "1", "2"}
+
+
+def test_json_output_has_the_rerank_api_shape(runner, converted):
+    done = _rerank(runner, converted("q8_0"), "--json", "--top-n", "2",
+                   *sum((["-d", d] for d in DOCS), []))
+    assert done.exit_code == 0, done.output
+    body = json.loads(done.output)
+    assert set(body) == {"model", "usage", "results"}
+    assert body["usage"]["total_tokens"] > 0
+    assert len(body["results"]) == 2
+    first = body["results"][0]
+    assert set(first) == {"index", "relevance_score", "document"}
+    assert first["document"] == {"text": DOCS[first["index"]]}
+    assert body["results"][0]["relevance_score"] >= body["results"][1]["relevance_score"]
+
+
+def test_json_scores_equal_the_library(runner, converted, ranker_for):
+    done = _rerank(runner, converted("q8_0"), "--json", *sum((["-d", d] for d in DOCS), []))
+    expected = ranker_for("q8_0").rerank("capital of France", DOCS)
+    got = json.loads(done.output)["results"]
+    assert [r["index"] for r in got] == [r.index for r in expected]
+    assert [r["relevance_score"] for r in got] == pytest.approx(
+        [r.relevance_score for r in expected], abs=1e-6)
+
+
+def test_documents_from_a_plain_file_and_jsonl(runner, converted, tmp_path):
+    plain = tmp_path / "docs.txt"
+    plain.write_text("\n".join(DOCS) + "\n\n")
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(DOCS)))
+    outputs = []
+    for path in (plain, jsonl):
+        done = _rerank(runner, converted("q8_0"), "-f", str(path), "--json")
+        assert done.exit_code == 0, done.output
+        outputs.append(json.loads(done.output)["results"])
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]) == 3
+
+
+def test_documents_from_stdin(runner, converted):
+    done = _rerank(runner, converted("q8_0"), "--json", input="\n".join(DOCS))
+    assert done.exit_code == 0, done.output
+    assert len(json.loads(done.output)["results"]) == 3
+
+
+def test_batch_jsonl_in_and_out(runner, converted, tmp_path):
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join(json.dumps(r) for r in [
+        {"query": "France", "documents": DOCS},
+        {"query": "fruit", "documents": [{"text": d} for d in DOCS], "top_n": 1},
+    ]))
+    done = runner.invoke(cli, ["rerank", "-m", str(converted("q8_0")), "--batch", str(batch)])
+    assert done.exit_code == 0, done.output
+    responses = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [len(r["results"]) for r in responses] == [3, 1]
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"text": "ok"}\n{"body": "no text"}\n', 'docs.jsonl:2: expected an object with a string "text"'),
+    ('{"text": "ok"}\n{not json\n', "docs.jsonl:2: not valid JSON"),
+    ("\n\n", "no documents to rank"),
+])
+def test_bad_document_files(runner, converted, tmp_path, content, message):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(content)
+    done = _rerank(runner, converted("q8_0"), "-f", str(path))
+    assert done.exit_code == 1
+    assert message in done.output
+    assert "Traceback" not in done.output
+
+
+def test_missing_model_says_how_to_get_one(runner):
+    done = runner.invoke(cli, ["rerank", "-q", "x", "-d", "y"])
+    assert done.exit_code == 1
+    assert "reranker-cli pull" in done.output and "reranker-cli convert" in done.output
+
+
+def test_unknown_model_name(runner):
+    done = runner.invoke(cli, ["rerank", "-m", "no-such-model", "-q", "x", "-d", "y"])
+    assert done.exit_code == 1 and "no-such-model" in done.output
+
+
+def test_model_by_name_from_the_models_folder(runner, converted, tmp_path):
+    (tmp_path / "models").mkdir()
+    os.link(converted("q8_0"), tmp_path / "models" / "jina-reranker-v3-q8_0.gguf")
+    by_name = runner.invoke(cli, ["rerank", "-m", "jina-reranker-v3-q8_0", "-q", "x", "-d", "y"])
+    default = runner.invoke(cli, ["rerank", "-q", "x", "-d", "y"])
+    assert by_name.exit_code == 0 and default.exit_code == 0, by_name.output + default.output
+    assert by_name.output == default.output
+
+
+def test_query_is_required(runner, converted):
+    done = runner.invoke(cli, ["rerank", "-m", str(converted("q8_0")), "-d", "y"])
+    assert done.exit_code == 2 and "--query is required" in done.output
+
+
+def test_convert_quantize_and_inspect(runner, tiny_checkpoint, tmp_path):
+    f16 = tmp_path / "m-f16.gguf"
+    done = runner.invoke(cli, ["convert", str(tiny_checkpoint), "-o", str(f16), "-t", "f16"])
+    assert done.exit_code == 0, done.output
+    assert "f16" in done.output and "24 tensors" in done.output
+    q4 = tmp_path / "m-q4.gguf"
+    done = runner.invoke(cli, ["quantize", str(f16), "-o", str(q4), "-t", "q4_k_m"])
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(cli, ["inspect", str(q4), "--json"])
+    info = json.loads(done.output)
+    assert info["file_type"] == "q4_k_m" and info["architecture"] == "qwen3"
+    assert info["markers"] == {"<|embed_token|>": 151670, "<|rerank_token|>": 151671}
+    assert info["projector"]["shapes"] == [[128, 256], [128, 128]]
+    text = runner.invoke(cli, ["inspect", str(q4)]).output
+    assert "q4_k_m" in text and "151670" in text
+
+
+def test_convert_default_output_goes_to_models(runner, tiny_checkpoint, tmp_path):
+    done = runner.invoke(cli, ["convert", str(tiny_checkpoint), "-t", "q8_0"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "models" / f"{tiny_checkpoint.name}-q8_0.gguf").is_file()
+
+
+def test_convert_errors_are_one_line(runner, tmp_path):
+    done = runner.invoke(cli, ["convert", str(tmp_path), "-o", str(tmp_path / "x.gguf")])
+    assert done.exit_code == 1
+    assert done.output.startswith("Error: ") and "no config.json" in done.output
+    done = runner.invoke(cli, ["convert", str(tmp_path), "-t", "iq2_xxs", "-o", "x.gguf"])
+    assert done.exit_code == 1 and "importance matrix" in done.output
+
+
+@pytest.mark.parametrize("command", ["convert", "quantize", "rerank", "pull", "inspect"])
+def test_every_command_has_help_with_an_example(runner, command):
+    done = runner.invoke(cli, [command, "--help"])
+    assert done.exit_code == 0
+    assert "Example" in done.output and "reranker-cli" in done.output
+
+
+def test_the_console_script_runs_as_a_process(converted):
+    done = subprocess.run([sys.executable, "-m", "reranker_cli.main", "rerank", "-m",
+                           str(converted("q8_0")), "-q", "x", "--json"], input="a\nb\n",
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["results"]) == 2
+    assert done.stderr == ""  # llama.cpp stays quiet without -v
+    verbose = subprocess.run([sys.executable, "-m", "reranker_cli.main", "-v", "rerank", "-m",
+                              str(converted("q8_0")), "-q", "x", "-d", "a"],
+                             capture_output=True, text=True, timeout=120)
+    assert "llama_model_loader" in verbose.stderr

@@ -1,0 +1,104 @@
+"""Hub ids through huggingface-hub's offline cache: `convert` and `pull`, as real processes.
+
+The cache is laid out the way huggingface-hub writes it (models--org--name with
+refs/ and snapshots/), filled with a generated checkpoint; HF_HUB_OFFLINE=1 makes
+any attempt to reach the network an error, so these tests prove the offline path.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reranker.gguf_metadata import read_metadata
+from reranker.model_format import Keys
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fill_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> Path:
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(COMMIT)
+    for name, source in files.items():
+        os.link(source, snapshot / name)
+    return snapshot
+
+
+def run_cli(args, tmp_path, cache):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache),
+               RERANKER_MODELS_DIR=str(tmp_path / "models"))
+    return subprocess.run([sys.executable, "-m", "reranker_cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+@pytest.fixture
+def cache_with_checkpoint(tmp_path, tiny_checkpoint):
+    cache = tmp_path / "hub"
+    fill_cache(cache, "jinaai/jina-reranker-v3",
+               {p.name: p for p in tiny_checkpoint.iterdir() if p.is_file()})
+    return cache
+
+
+def test_convert_from_a_hub_id_offline(tmp_path, cache_with_checkpoint):
+    out = tmp_path / "out.gguf"
+    done = run_cli(["convert", "jinaai/jina-reranker-v3", "-o", str(out), "-t", "q8_0"],
+                   tmp_path, cache_with_checkpoint)
+    assert done.returncode == 0, done.stderr
+    meta = read_metadata(out)
+    assert meta.get(Keys.SOURCE) == "jinaai/jina-reranker-v3"
+    assert meta.get(Keys.SOURCE_REVISION) == COMMIT
+
+
+def test_a_repo_missing_from_the_cache_fails_fast_offline(tmp_path, cache_with_checkpoint):
+    done = run_cli(["convert", "someone/absent-model", "-o", str(tmp_path / "x.gguf")],
+                   tmp_path, cache_with_checkpoint)
+    assert done.returncode == 1
+    assert "not in the local Hugging Face cache" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_pull_converts_and_records_checksums(tmp_path, cache_with_checkpoint):
+    done = run_cli(["pull", "--type", "q4_k_m"], tmp_path, cache_with_checkpoint)
+    assert done.returncode == 0, done.stderr
+    model = tmp_path / "models" / "jina-reranker-v3-q4_k_m.gguf"
+    sums = (tmp_path / "models" / "SHA256SUMS").read_text().splitlines()
+    assert sums == [f"{hashlib.sha256(model.read_bytes()).hexdigest()}  {model.name}"]
+    if shutil.which("sha256sum"):
+        check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=model.parent,
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_pull_of_a_published_gguf_repo(tmp_path, converted):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    projector = tmp_path / "projector.safetensors"
+    save_file({"projector.0.weight": np.ones((8, 256), np.float32),
+               "projector.2.weight": np.ones((8, 8), np.float32)}, str(projector))
+    cache = tmp_path / "hub"
+    fill_cache(cache, "jinaai/jina-reranker-v3-GGUF",
+               {"jina-reranker-v3-Q8_0.gguf": converted("q8_0"),
+                "projector.safetensors": projector})
+    done = run_cli(["pull", "jinaai/jina-reranker-v3-GGUF", "--file", "jina-reranker-v3-Q8_0.gguf"],
+                   tmp_path, cache)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "models" / "jina-reranker-v3-GGUF"
+    assert (folder / "jina-reranker-v3-Q8_0.gguf").read_bytes() == converted("q8_0").read_bytes()
+    assert not (folder / "projector.safetensors").is_symlink()
+    names = [line.split("  ")[1] for line in
+             (tmp_path / "models" / "SHA256SUMS").read_text().splitlines()]
+    assert names == ["jina-reranker-v3-GGUF/jina-reranker-v3-Q8_0.gguf",
+                     "jina-reranker-v3-GGUF/projector.safetensors"]
+    again = run_cli(["pull", "jinaai/jina-reranker-v3-GGUF", "--file",
+                     "jina-reranker-v3-Q8_0.gguf"], tmp_path, cache)
+    assert again.returncode == 1 and "--force" in again.stderr

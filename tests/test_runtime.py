@@ -1,0 +1,159 @@
+"""The Reranker's API contract: results, bad input, model files, threads."""
+from __future__ import annotations
+
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+from reranker import InputTooLongError, ModelFileError, Reranker
+
+DOCS = ["Paris is the capital of France.", "", "Berlin is the capital of Germany.",
+        "Bananas are yellow."]
+
+
+def test_rerank_sorts_and_does_not_touch_the_input(ranker_for):
+    ranker = ranker_for("q8_0")
+    docs = list(DOCS)
+    results = ranker.rerank("capital of France", docs)
+    assert docs == DOCS
+    scores = ranker.score("capital of France", docs).scores
+    assert [r.index for r in results] == list(np.argsort(-scores, kind="stable"))
+    assert [r.relevance_score for r in results] == sorted(scores, reverse=True)
+    assert all(r.document == DOCS[r.index] for r in results)
+    assert all(r.embedding is None for r in results)
+
+
+def test_top_n_and_embeddings(ranker_for):
+    ranker = ranker_for("q8_0")
+    results = ranker.rerank("q", DOCS, top_n=2, return_embeddings=True)
+    assert len(results) == 2
+    scored = ranker.score("q", DOCS)
+    for r in results:
+        np.testing.assert_allclose(r.embedding, scored.doc_embeddings[r.index])
+        cos = r.embedding @ scored.query_embedding / (
+            np.linalg.norm(r.embedding) * np.linalg.norm(scored.query_embedding))
+        assert cos == pytest.approx(r.relevance_score, abs=1e-6)
+    assert ranker.rerank("q", DOCS, top_n=0) == []
+    assert len(ranker.rerank("q", DOCS, top_n=99)) == len(DOCS)
+
+
+def test_empty_list_gives_empty_results(ranker_for):
+    assert ranker_for("q8_0").rerank("q", []) == []
+
+
+@pytest.mark.parametrize("bad_top_n", [-1, 1.5, "3", True])
+def test_bad_top_n(ranker_for, bad_top_n):
+    with pytest.raises(ValueError, match="top_n"):
+        ranker_for("q8_0").rerank("q", DOCS, top_n=bad_top_n)
+
+
+def test_non_string_document_names_its_index(ranker_for):
+    with pytest.raises(TypeError, match=r"documents\[2\] is int"):
+        ranker_for("q8_0").rerank("q", ["a", "b", 3])
+    with pytest.raises(TypeError, match="query is NoneType"):
+        ranker_for("q8_0").rerank(None, ["a"])
+
+
+def test_query_too_long_for_any_document(converted):
+    with Reranker(converted("q8_0"), n_threads=2, max_context=256) as ranker:
+        with pytest.raises(InputTooLongError, match="capped at 256"):
+            ranker.rerank("q", ["a"], instruction="be thorough " * 200)
+        # The same instance still works afterwards.
+        assert len(ranker.rerank("q", ["a"])) == 1
+
+
+def test_context_cap_splits_blocks_instead_of_failing(converted):
+    docs = [f"document {i} " + "text " * 30 for i in range(20)]
+    with Reranker(converted("f32"), n_threads=2) as unlimited, \
+            Reranker(converted("f32"), n_threads=2, max_context=512) as capped:
+        assert unlimited.score("q", docs).blocks == 1
+        scored = capped.score("q", docs)
+    assert scored.blocks > 1 and scored.scores.shape == (20,)
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        Reranker(tmp_path / "nope.gguf")
+
+
+def test_directory_with_several_ggufs_asks_which(tmp_path, converted):
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / name).write_bytes(converted("q8_0").read_bytes()[:64])
+    with pytest.raises(ModelFileError, match="holds 2 .gguf files"):
+        Reranker(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a gguf at all" * 10,
+                                     b"GGUF" + struct.pack("<I", 3) + b"\xff" * 40])
+def test_corrupt_model_file_is_an_error_not_a_crash(tmp_path, content):
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError):
+        Reranker(path)
+
+
+def test_truncated_model_file(tmp_path, converted):
+    data = converted("q8_0").read_bytes()
+    path = tmp_path / "truncated.gguf"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError):
+        Reranker(path)
+
+
+def test_wrong_architecture(tmp_path):
+    import gguf
+
+    path = tmp_path / "llama.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelFileError, match="'llama' model; expected qwen3"):
+        Reranker(path)
+
+
+def test_projector_of_the_wrong_shape(tmp_path, converted):
+    from safetensors.numpy import save_file
+
+    projector = tmp_path / "projector.safetensors"
+    save_file({"projector.0.weight": np.zeros((8, 100), np.float32),
+               "projector.2.weight": np.zeros((8, 8), np.float32)}, str(projector))
+    with pytest.raises(ModelFileError, match="100-wide states but the model's hidden size is 256"):
+        Reranker(converted("q8_0"), projector)
+    save_file({"projector.0.weight": np.zeros((8, 256), np.float32),
+               "projector.2.weight": np.zeros((8, 9), np.float32)}, str(projector))
+    with pytest.raises(ModelFileError, match="do not chain"):
+        Reranker(converted("q8_0"), projector)
+
+
+def test_concurrent_calls_equal_serial_calls(ranker_for):
+    ranker = ranker_for("q8_0")
+    queries = [f"query number {i}" for i in range(6)]
+    serial = {q: ranker.score(q, DOCS).scores for q in queries}
+    results, errors = {}, []
+
+    def work(q):
+        try:
+            results[q] = ranker.score(q, DOCS).scores
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(q,)) for q in queries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for q in queries:
+        np.testing.assert_array_equal(results[q], serial[q])
+
+
+def test_llama_cpp_logs_are_silent_by_default(converted, capfd):
+    with Reranker(converted("q8_0"), n_threads=2) as ranker:
+        ranker.rerank("q", ["a"])
+    captured = capfd.readouterr()
+    assert "llama_model_loader" not in captured.err + captured.out

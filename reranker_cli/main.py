@@ -11,6 +11,7 @@ from reranker_cli.convert_commands import convert, quantize
 from reranker_cli.inspect_command import inspect
 from reranker_cli.pull_command import pull
 from reranker_cli.rerank_command import rerank
+from reranker_cli.serve_command import serve
 
 
 def _interrupt_on_sigterm(signum, frame):
@@ -38,7 +39,7 @@ def cli(verbose: bool) -> None:
         root.setLevel(logging.DEBUG)
 
 
-for command in (convert, quantize, rerank, pull, inspect):
+for command in (convert, quantize, rerank, pull, inspect, serve):
     cli.add_command(command)
 
 

@@ -1,0 +1,111 @@
+"""`serve`: the rerank API over HTTP (needs the `server` extra)."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from reranker.model_info import describe_model
+from reranker.reranker import resolve_model_file
+from reranker_cli.errors import friendly_errors
+from reranker_cli.models_dir import resolve_model
+
+API_KEY_ENV = "RERANKER_API_KEY"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_api_key(api_key_file: Path | None) -> str | None:
+    if api_key_file is not None:
+        try:
+            key = api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise click.ClickException(f"cannot read --api-key-file {api_key_file}: "
+                                       f"{e.strerror or e}") from None
+        if not key:
+            raise click.ClickException(f"--api-key-file {api_key_file} is empty")
+        return key
+    return os.environ.get(API_KEY_ENV) or None
+
+
+@click.command()
+@click.option("--model", "-m", help="GGUF file, directory, or name of a model in models/.")
+@click.option("--projector", type=click.Path(dir_okay=False, path_type=Path),
+              help="projector.safetensors for a backbone GGUF without one.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; loopback by default.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--model-name", help="Model id reported by the API (default: the file's stem).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="llama.cpp contexts scoring at once (threads are shared among them).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads in all.")
+@click.option("--queue-size", default=16, show_default=True, type=click.IntRange(min=0),
+              help="Requests that may wait for a worker; more get 429 with Retry-After.")
+@click.option("--queue-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a request may wait before it gets 503.")
+@click.option("--max-documents", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-body-bytes", default=8 * 1024 * 1024, show_default=True,
+              type=click.IntRange(min=1))
+@click.option("--max-tokens", default=262_144, show_default=True, type=click.IntRange(min=1),
+              help="Query plus documents (after truncation) per request.")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Require 'Authorization: Bearer <key>' with this key (or set ${API_KEY_ENV}).")
+@click.option("--log-documents", is_flag=True, help="Log queries and documents (off: ids only).")
+@click.option("--shutdown-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to let running requests finish on SIGTERM / Ctrl-C.")
+def serve(model, projector, host, port, model_name, workers, threads, queue_size, queue_timeout,
+          max_documents, max_body_bytes, max_tokens, api_key_file, log_documents,
+          shutdown_timeout) -> None:
+    """Serve the Jina / Cohere rerank API: POST /v1/rerank (and /rerank).
+
+    Also GET /health, GET /v1/models, GET /metrics (Prometheus) and GET /docs (OpenAPI).
+    Requests beyond the workers and the queue are refused with 429 and Retry-After.
+
+    \b
+    Examples:
+      reranker-cli serve --model models/jina-reranker-v3-q8_0.gguf --port 8080
+      RERANKER_API_KEY=secret reranker-cli serve --host 0.0.0.0
+      curl -s localhost:8080/v1/rerank -H 'Content-Type: application/json' \\
+        -d '{"query": "capital of France", "documents": ["Paris", "Berlin"], "top_n": 1}'
+    """
+    try:
+        import uvicorn
+
+        from reranker_server.app import create_app
+        from reranker_server.settings import ServerSettings
+    except ImportError as e:
+        raise click.ClickException(f"the server needs its extra: pip install 'reranker[server]' "
+                                   f"({e.name} is missing)") from None
+    model_path = resolve_model(model)
+    api_key = _read_api_key(api_key_file)
+    with friendly_errors():
+        model_path = resolve_model_file(model_path)
+        describe_model(model_path)  # fail here, with a clear message, on a bad file
+        settings = ServerSettings(
+            model_path=model_path, model_name=model_name or model_path.stem,
+            projector_path=projector, workers=workers, threads=threads, queue_size=queue_size,
+            queue_timeout=queue_timeout, max_documents=max_documents,
+            max_body_bytes=max_body_bytes, max_tokens=max_tokens, api_key=api_key,
+            log_documents=log_documents)
+    if not _is_loopback(host) and not api_key:
+        click.echo(f"warning: serving on {host} without an API key; anyone who can reach it "
+                   f"can use it (set ${API_KEY_ENV} or --api-key-file)", err=True)
+    server_log = logging.getLogger("reranker.server")
+    if not server_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        server_log.addHandler(handler)
+        server_log.setLevel(logging.INFO)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=shutdown_timeout)

@@ -1,0 +1,1 @@
+"""An HTTP server speaking the Jina / Cohere rerank API over `reranker.Reranker`."""

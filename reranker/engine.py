@@ -56,6 +56,8 @@ class LlamaEngine:
         self._ctx_size = 0
         self._batch = None
         self._captured: list[np.ndarray] = []
+        self._cached_tokens: list[int] = []  # what the KV cache holds, in order
+        self.reused_tokens = 0  # prefix tokens the last call did not decode again
         # Kept referenced for as long as any context may call it.
         self._eval_callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_eval)
 
@@ -119,12 +121,12 @@ class LlamaEngine:
         wanted[list(positions)] = 1
         with self._lock:
             self._ensure_context(n)
-            llama = self._llama
-            llama.llama_memory_clear(llama.llama_get_memory(self._ctx), True)
+            reused = self._reuse_prefix(tokens, min(positions, default=n - 1))
             self._captured = []
+            self._cached_tokens = []  # until this decode has succeeded
             batch = self._batch
             # llama.cpp aborts on a call larger than the context's n_batch, so split.
-            for start in range(0, n, self._ctx_batch):
+            for start in range(reused, n, self._ctx_batch):
                 stop = min(start + self._ctx_batch, n)
                 for i in range(start, stop):
                     j = i - start
@@ -134,9 +136,11 @@ class LlamaEngine:
                     batch.seq_id[j][0] = 0
                     batch.logits[j] = int(wanted[i])
                 batch.n_tokens = stop - start
-                status = llama.llama_decode(self._ctx, batch)
+                status = self._llama.llama_decode(self._ctx, batch)
                 if status != 0:
                     raise RerankerError(f"llama_decode failed with status {status}")
+            self._cached_tokens = list(tokens)
+            self.reused_tokens = reused
             rows = [r for r in self._captured if r.size]
             self._captured = []
         states = np.concatenate(rows) if rows else np.empty((0, self.hidden_size), np.float32)
@@ -144,6 +148,25 @@ class LlamaEngine:
             raise RerankerError(f"captured {states.shape[0]} hidden states for "
                                 f"{len(positions)} marker positions")
         return states
+
+    def _reuse_prefix(self, tokens: Sequence[int], first_output: int) -> int:
+        """Keep the KV cache of the prefix this prompt shares with the previous one.
+
+        Every prompt starts with the same system message, and the blocks of one
+        query share even more; those tokens need not be decoded again. The reuse
+        stops before the first output position, whose hidden state must be
+        computed, and always leaves at least one token to decode.
+        """
+        llama = self._llama
+        memory = llama.llama_get_memory(self._ctx)
+        shared = 0
+        limit = min(len(self._cached_tokens), first_output, len(tokens) - 1)
+        while shared < limit and self._cached_tokens[shared] == tokens[shared]:
+            shared += 1
+        if shared and llama.llama_memory_seq_rm(memory, 0, shared, -1):
+            return shared
+        llama.llama_memory_clear(memory, True)
+        return 0
 
     def _on_eval(self, tensor, ask, _user_data) -> bool:
         if tensor_name(tensor) != HIDDEN_STATE_NODE:
@@ -158,6 +181,7 @@ class LlamaEngine:
             return
         size = min(-(-n_tokens // _CONTEXT_STEP) * _CONTEXT_STEP, self.max_context)
         self._free_context()
+        self._cached_tokens = []
         llama = self._llama
         params = llama.llama_context_default_params()
         params.n_ctx = size

@@ -157,3 +157,19 @@ def test_llama_cpp_logs_are_silent_by_default(converted, capfd):
         ranker.rerank("q", ["a"])
     captured = capfd.readouterr()
     assert "llama_model_loader" not in captured.err + captured.out
+
+
+def test_the_shared_prompt_prefix_is_reused_without_changing_scores(converted):
+    docs = ["alpha beta", "gamma delta", "epsilon"]
+    with Reranker(converted("f32"), n_threads=2) as warm:
+        warm.score("first query", docs)
+        second = warm.score("second query", docs).scores
+        reused = warm._engine.reused_tokens
+        again = warm.score("second query", docs).scores
+        reused_again = warm._engine.reused_tokens
+    with Reranker(converted("f32"), n_threads=2) as cold:
+        fresh = cold.score("second query", docs).scores
+        assert cold._engine.reused_tokens == 0
+    assert 50 < reused < reused_again  # the system message, then up to the first document
+    np.testing.assert_allclose(second, fresh, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(again, fresh, atol=1e-6, rtol=0)

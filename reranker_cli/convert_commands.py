@@ -1,7 +1,6 @@
 """`convert` and `quantize`: thin wrappers over `convert.api`."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -10,6 +9,7 @@ from convert.api import ConversionSummary, convert_checkpoint, quantize_gguf
 from convert.file_types import FILE_TYPES
 from reranker_cli.errors import friendly_errors
 from reranker_cli.models_dir import models_dir
+from reranker_cli.progress import ProgressBars
 
 # Types needing an importance matrix stay accepted so the refusal can say why.
 TYPE_CHOICE = click.Choice(list(FILE_TYPES), case_sensitive=False)
@@ -28,23 +28,17 @@ class StageProgress:
     """A line per conversion stage and a progress bar over its tensors (on stderr)."""
 
     def __init__(self) -> None:
-        self._bar = None
+        self._bars = ProgressBars()
 
     def stage(self, text: str) -> None:
         self.close()
         click.echo(f"{text}...", err=True)
 
     def tensor(self, done: int, total: int, name: str) -> None:
-        if self._bar is None:
-            self._bar = click.progressbar(length=total, label="tensors",
-                                          file=sys.stderr)
-            self._bar.__enter__()
-        self._bar.update(1)
+        self._bars.update("tensors", total)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
+        self._bars.close()
 
 
 @click.command()

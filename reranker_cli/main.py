@@ -8,6 +8,7 @@ import sys
 import click
 
 from reranker_cli.convert_commands import convert, quantize
+from reranker_cli.eval_commands import compare, evaluate
 from reranker_cli.inspect_command import inspect
 from reranker_cli.pull_command import pull
 from reranker_cli.rerank_command import rerank
@@ -39,7 +40,7 @@ def cli(verbose: bool) -> None:
         root.setLevel(logging.DEBUG)
 
 
-for command in (convert, quantize, rerank, pull, inspect, serve):
+for command in (convert, quantize, rerank, pull, inspect, serve, evaluate, compare):
     cli.add_command(command)
 
 

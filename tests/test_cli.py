@@ -160,7 +160,8 @@ def test_convert_errors_are_one_line(runner, tmp_path):
     assert done.exit_code == 1 and "importance matrix" in done.output
 
 
-@pytest.mark.parametrize("command", ["convert", "quantize", "rerank", "pull", "inspect", "serve"])
+@pytest.mark.parametrize("command", ["convert", "quantize", "rerank", "pull", "inspect", "serve",
+                                     "eval", "compare"])
 def test_every_command_has_help_with_an_example(runner, command):
     done = runner.invoke(cli, [command, "--help"])
     assert done.exit_code == 0

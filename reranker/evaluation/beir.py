@@ -1,0 +1,158 @@
+"""Retrieval datasets in the BEIR layout: corpus.jsonl, queries.jsonl and qrels/<split>.tsv.
+
+    corpus.jsonl    {"_id": "d1", "title": "...", "text": "..."} per line
+    queries.jsonl   {"_id": "q1", "text": "..."} per line
+    qrels/test.tsv  query-id <TAB> corpus-id <TAB> score, after an optional header line
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reranker.evaluation.errors import DatasetError
+from reranker.evaluation.metrics import Qrels, queries_with_relevant_documents
+
+
+@dataclass(frozen=True)
+class CorpusDocument:
+    title: str
+    text: str
+
+    @property
+    def passage(self) -> str:
+        """What the reranker reads: title and text joined as BEIR's own reranking does."""
+        return f"{self.title} {self.text}".strip()
+
+
+@dataclass(frozen=True)
+class BeirDataset:
+    directory: Path
+    split: str
+    corpus: dict[str, CorpusDocument]
+    queries: dict[str, str]
+    qrels: Qrels
+
+    @property
+    def name(self) -> str:
+        return self.directory.resolve().name
+
+    def judged_query_ids(self) -> list[str]:
+        """Queries of the split with at least one relevant document, in qrels order."""
+        return queries_with_relevant_documents(self.qrels)
+
+    def passages(self, query_id: str, doc_ids: Sequence[str]) -> list[str]:
+        texts = []
+        for doc_id in doc_ids:
+            document = self.corpus.get(doc_id)
+            if document is None:
+                raise DatasetError(f"candidate {doc_id!r} of query {query_id!r} is not in "
+                                   f"{self.directory / 'corpus.jsonl'}")
+            texts.append(document.passage)
+        return texts
+
+
+def load_dataset(directory: str | Path, split: str = "test", *,
+                 only_documents: Collection[str] | None = None) -> BeirDataset:
+    """Load a BEIR dataset directory; `only_documents` keeps just those corpus entries
+    (the candidates of a run), which saves memory on large corpora."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DatasetError(f"dataset directory {directory} does not exist")
+    qrels_path = directory / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        splits = sorted(p.stem for p in (directory / "qrels").glob("*.tsv"))
+        found = ", ".join(splits) if splits else "none"
+        raise DatasetError(f"no qrels for split {split!r}: {qrels_path} does not exist "
+                           f"(splits found: {found})")
+    queries_path = _required_file(directory, "queries.jsonl")
+    corpus_path = _required_file(directory, "corpus.jsonl")
+    queries = load_queries(queries_path)
+    qrels = load_qrels(qrels_path, known_queries=queries, queries_path=queries_path)
+    return BeirDataset(directory, split, load_corpus(corpus_path, only_documents), queries, qrels)
+
+
+def _required_file(directory: Path, name: str) -> Path:
+    path = directory / name
+    if not path.is_file():
+        raise DatasetError(f"no {name} in {directory} (expected the BEIR layout: corpus.jsonl, "
+                           "queries.jsonl, qrels/<split>.tsv)")
+    return path
+
+
+def _jsonl_records(path: Path, text_fields: Sequence[str]) -> Iterator[tuple[str, dict]]:
+    """(id, record) per non-blank line; ids are strings (some datasets write numbers)."""
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError.at(path, number, f"not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise DatasetError.at(path, number, "expected a JSON object")
+            raw_id = record.get("_id")
+            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
+                raise DatasetError.at(path, number, 'expected a string "_id"')
+            for field in text_fields:
+                if not isinstance(record.get(field, ""), str):
+                    raise DatasetError.at(path, number, f'"{field}" must be a string')
+            record_id = str(raw_id)
+            if record_id in seen:
+                raise DatasetError.at(path, number, f"duplicate _id {record_id!r} "
+                                                    f"(first on line {seen[record_id]})")
+            seen[record_id] = number
+            yield record_id, record
+
+
+def load_corpus(path: str | Path,
+                only_documents: Collection[str] | None = None) -> dict[str, CorpusDocument]:
+    corpus = {}
+    for doc_id, record in _jsonl_records(Path(path), ("title", "text")):
+        if only_documents is None or doc_id in only_documents:
+            corpus[doc_id] = CorpusDocument(record.get("title", ""), record.get("text", ""))
+    return corpus
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    queries = {}
+    for query_id, record in _jsonl_records(path, ("text",)):
+        if "text" not in record:
+            raise DatasetError(f'{path}: query {query_id!r} has no "text"')
+        queries[query_id] = record["text"]
+    return queries
+
+
+def load_qrels(path: str | Path, *, known_queries: Collection[str] | None = None,
+               queries_path: Path | None = None) -> Qrels:
+    """Relevance judgments; an optional header line (query-id, corpus-id, score) is skipped."""
+    path = Path(path)
+    qrels: Qrels = {}
+    first_line = True
+    with open(path, encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            may_be_header, first_line = first_line, False
+            columns = line.rstrip("\r\n").split("\t")
+            if len(columns) != 3:
+                raise DatasetError.at(path, number,
+                                      f"expected 3 tab-separated columns (query-id, corpus-id, "
+                                      f"score), got {len(columns)}")
+            query_id, doc_id, score = (c.strip() for c in columns)
+            try:
+                relevance = int(score)
+            except ValueError:
+                if may_be_header:  # the header BEIR writes
+                    continue
+                raise DatasetError.at(path, number,
+                                      f"relevance {score!r} is not an integer") from None
+            if known_queries is not None and query_id not in known_queries:
+                raise DatasetError.at(path, number, f"query {query_id!r} is not in "
+                                                    f"{queries_path or 'the queries'}")
+            qrels.setdefault(query_id, {})[doc_id] = relevance
+    return qrels

@@ -1,7 +1,9 @@
 """Resolve a conversion source: a local checkpoint directory or a Hugging Face Hub repo id."""
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,22 +41,32 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Resol
 
 def _download(repo_id: str, revision: str | None) -> ResolvedSource:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
 
-    try:
+    with hub_errors(repo_id + (f"@{revision}" if revision else ""), revision):
         snapshot = Path(snapshot_download(repo_id, revision=revision,
                                           allow_patterns=CHECKPOINT_FILES))
-    except LocalEntryNotFoundError as e:
-        raise CheckpointError(
-            f"{repo_id}{'@' + revision if revision else ''} is not in the local Hugging Face "
-            "cache and the Hub cannot be reached (offline?); download it on a connected "
-            "machine or pass a local checkpoint directory") from e
-    except RepositoryNotFoundError as e:
-        raise CheckpointError(f"Hub repo {repo_id} does not exist or needs a login") from e
-    except RevisionNotFoundError as e:
-        raise CheckpointError(f"Hub repo {repo_id} has no revision {revision}") from e
-    except (HfHubHTTPError, OSError) as e:
-        raise CheckpointError(f"downloading {repo_id} failed: {e}") from e
     # Snapshot folders are named after the commit they hold.
     return ResolvedSource(snapshot, repo_id, snapshot.name)
+
+
+@contextlib.contextmanager
+def hub_errors(what: str, revision: str | None = None) -> Iterator[None]:
+    """huggingface-hub's download errors as one-line CheckpointErrors naming `what`."""
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    try:
+        yield
+    except LocalEntryNotFoundError as e:  # before EntryNotFoundError: it is one
+        raise CheckpointError(
+            f"{what} is not in the local Hugging Face cache and the Hub cannot be reached "
+            "(offline?); download it on a connected machine or use local files") from e
+    except EntryNotFoundError as e:
+        raise CheckpointError(f"{what} does not exist on the Hub") from e
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(f"the Hub repo of {what} does not exist or needs a login") from e
+    except RevisionNotFoundError as e:
+        raise CheckpointError(f"{what}: the Hub has no revision {revision}") from e
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointError(f"downloading {what} failed: {e}") from e

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from convert.api import ConversionSummary, convert_checkpoint
-from convert.errors import ConversionError
+from convert.hub import hub_errors
 from convert.output import atomic_output
 from reranker.model_format import PROJECTOR_SIDECAR
 
@@ -62,24 +62,13 @@ def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
                         revision: str | None = None, force: bool = False) -> list[Path]:
     """Download one GGUF and the projector of a published GGUF repo into models_dir/<repo>/."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError)
 
     target_dir = models_dir / repo_id.split("/")[-1]
     target_dir.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in (filename, PROJECTOR_SIDECAR):
-        try:
+        with hub_errors(f"{repo_id}/{name}", revision):
             cached = Path(hf_hub_download(repo_id, name, revision=revision))
-        except LocalEntryNotFoundError as e:
-            raise ConversionError(f"{repo_id}/{name} is not in the local Hugging Face cache and "
-                                  "the Hub cannot be reached (offline?)") from e
-        except EntryNotFoundError as e:
-            raise ConversionError(f"{repo_id} has no file {name}") from e
-        except RepositoryNotFoundError as e:
-            raise ConversionError(f"Hub repo {repo_id} does not exist or needs a login") from e
-        except (HfHubHTTPError, OSError) as e:
-            raise ConversionError(f"downloading {repo_id}/{name} failed: {e}") from e
         destination = target_dir / name
         with atomic_output(destination, force) as tmp:
             # A real copy, not the cache's symlink: the folder must travel on its own.

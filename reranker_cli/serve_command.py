@@ -17,7 +17,8 @@ from reranker_cli.models_dir import resolve_model
 API_KEY_ENV = "RERANKER_API_KEY"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine's loopback interface."""
     if host == "localhost":
         return True
     try:
@@ -98,7 +99,7 @@ def serve(model, projector, host, port, model_name, workers, threads, queue_size
             queue_timeout=queue_timeout, max_documents=max_documents,
             max_body_bytes=max_body_bytes, max_tokens=max_tokens, api_key=api_key,
             log_documents=log_documents)
-    if not _is_loopback(host) and not api_key:
+    if not is_loopback(host) and not api_key:
         click.echo(f"warning: serving on {host} without an API key; anyone who can reach it "
                    f"can use it (set ${API_KEY_ENV} or --api-key-file)", err=True)
     server_log = logging.getLogger("reranker.server")

@@ -64,18 +64,18 @@ def machine() -> dict:
 
 
 # -- worker side: one engine, one model, one workload --------------------------------
-def _blocks_of(ranker, docs):
+def _blocks_of(ranker, query, docs):
     """Prompt token ids and marker positions of each block, as the runtime builds them."""
     from reranker.blocks import plan_blocks
     from reranker.prompt import build_prompt
 
     lengths = [min(ranker.count_tokens(d), ranker.max_doc_tokens) for d in docs]
-    blocks = plan_blocks(lengths, ranker.count_tokens(QUERY), max_length=ranker.block_tokens,
+    blocks = plan_blocks(lengths, ranker.count_tokens(query), max_length=ranker.block_tokens,
                          block_size=ranker.block_size, max_doc_length=ranker.max_doc_tokens)
     out = []
     for block in blocks:
         ids, doc_positions, query_position = ranker._encode_prompt(
-            build_prompt(QUERY, [docs[i] for i in block]))
+            build_prompt(query, [docs[i] for i in block]))
         out.append((ids, doc_positions + [query_position]))
     return out
 
@@ -117,6 +117,7 @@ class LlamaBaseline:
         llama = self.llama
         self._context(len(ids))
         llama.llama_memory_clear(llama.llama_get_memory(self.ctx), True)
+        states = []
         for start in range(0, len(ids), 2048):
             chunk = ids[start:start + 2048]
             for j, token in enumerate(chunk):
@@ -127,16 +128,19 @@ class LlamaBaseline:
             self.batch.n_tokens = len(chunk)
             if llama.llama_decode(self.ctx, self.batch) != 0:
                 raise RuntimeError("llama_decode failed")
-        if not self.all_outputs:
-            return None
-        return np.array([np.ctypeslib.as_array(llama.llama_get_embeddings_ith(self.ctx, p),
-                                               shape=(self.n_embd,)) for p in positions])
+            if self.all_outputs:  # a decode call's outputs are readable until the next one
+                states += [np.ctypeslib.as_array(
+                    llama.llama_get_embeddings_ith(self.ctx, p - start), shape=(self.n_embd,)).copy()
+                    for p in positions if start <= p < start + len(chunk)]
+        return np.array(states) if self.all_outputs else None
 
 
 def worker(args) -> dict:
-
     docs = documents(args.workload)
     threads = args.threads
+    # A different query on every request, as in real use: engines then share no more
+    # than the system message between requests (the runtime reuses that much).
+    queries = [f"{QUERY} (request {i})" for i in range(args.runs + 1)]
     from reranker import Reranker
 
     if args.engine == "transformers":
@@ -146,33 +150,33 @@ def worker(args) -> dict:
 
         torch.set_num_threads(threads)
         ref = ReferenceReranker(Path(args.checkpoint))
-        call = lambda: ref.scores(QUERY, docs)  # noqa: E731
-        tokens = sum(len(ref.prompt_ids(QUERY, docs[i:i + 125]))
+        call = lambda i: ref.scores(queries[i], docs)  # noqa: E731
+        tokens = sum(len(ref.prompt_ids(queries[0], docs[i:i + 125]))
                      for i in range(0, len(docs), 125))
     else:
         ranker = Reranker(args.model, n_threads=threads)
-        blocks = _blocks_of(ranker, docs)
-        tokens = sum(len(ids) for ids, _ in blocks)
+        blocks = [_blocks_of(ranker, queries[i], docs) for i in range(len(queries))]
+        tokens = sum(len(ids) for ids, _ in blocks[0])
         if args.engine == "reranker":
-            call = lambda: ranker.score(QUERY, docs)  # noqa: E731
+            call = lambda i: ranker.score(queries[i], docs)  # noqa: E731
         elif args.engine in ("embeddings", "raw"):
             baseline = LlamaBaseline(args.model, threads, all_outputs=args.engine == "embeddings")
 
-            def call():
-                for ids, positions in blocks:
+            def call(i):
+                for ids, positions in blocks[i]:
                     states = baseline.run(ids, positions)
                     if states is not None:
                         ranker.projector(states)
         elif args.engine == "subprocess":
-            call = lambda: [published_route(args.llama_embedding, args.model, ids, positions,  # noqa: E731
-                                            ranker, threads) for ids, positions in blocks]
+            call = lambda i: [published_route(args.llama_embedding, args.model, ids, positions,  # noqa: E731
+                                              ranker, threads) for ids, positions in blocks[i]]
         else:
             raise SystemExit(f"unknown engine {args.engine}")
-    call()  # warm-up
+    call(0)  # warm-up
     times = []
-    for _ in range(args.runs):
+    for i in range(1, args.runs + 1):
         started = time.perf_counter()
-        call()
+        call(i)
         times.append(time.perf_counter() - started)
     seconds = statistics.median(times)
     return {"seconds": round(seconds, 3), "tokens": tokens,

@@ -11,7 +11,6 @@ loopback addresses are accepted: this is a tool for measuring a local server.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import random
 import statistics
@@ -22,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 import httpx
+
+from reranker_cli.serve_command import is_loopback
 
 WORKLOADS = {  # name: (documents, words per document), as in the benchmark issue
     "interactive": (10, 50),
@@ -34,14 +35,6 @@ WORDS = ("river city capital market history science music winter harbor mountain
          "engine garden library theory ocean forest village bridge festival").split()
 
 
-def is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -59,7 +52,7 @@ def main() -> int:
     parser.add_argument("--api-key")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
-    if not is_loopback(args.url):
+    if not is_loopback(urlparse(args.url).hostname or ""):
         raise SystemExit(f"{args.url} is not a loopback address; this tool only loads local servers")
     if not 0 < args.requests <= 10_000 or not 0 < args.concurrency <= 64:
         raise SystemExit("--requests must be 1..10000 and --concurrency 1..64")

@@ -9,7 +9,7 @@ from gguf import LlamaFileType
 
 from convert.checkpoint import load_checkpoint
 from convert.errors import ConversionError
-from convert.file_types import REQUANTIZABLE_FTYPES, file_type, name_of_ftype
+from convert.file_types import file_type
 from convert.gguf_export import ProgressCallback, SourceInfo, write_gguf
 from convert.hub import resolve_checkpoint
 from convert.output import atomic_output, check_output_path, scratch_file
@@ -17,7 +17,8 @@ from convert.quantize import run_llama_quantizer
 from convert.vocab import read_vocabulary
 from reranker.errors import ModelFileError
 from reranker.gguf_metadata import read_metadata
-from reranker.model_format import Keys
+from reranker.model_format import FLOAT_FILE_TYPES, Keys
+from reranker.model_info import file_type_name
 
 # The lossless intermediate for types llama.cpp's quantizer makes, by source dtype.
 _INTERMEDIATE = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
@@ -87,8 +88,8 @@ def quantize_gguf(infile: str | Path, outfile: str | Path, type_name: str, *,
         raise ConversionError(f"{infile} has no reranker projector; it was not made by "
                               "`reranker-cli convert`")
     ftype = meta.get(Keys.FILE_TYPE, int(LlamaFileType.ALL_F32))
-    if ftype not in REQUANTIZABLE_FTYPES:
-        raise ConversionError(f"{infile} is {name_of_ftype(ftype)}; requantize from an f32, f16 "
+    if ftype not in FLOAT_FILE_TYPES:
+        raise ConversionError(f"{infile} is {file_type_name(ftype)}; requantize from an f32, f16 "
                               "or bf16 file to avoid compounding quantization error")
     if infile.resolve() == outfile.resolve():
         raise ConversionError("input and output are the same file; choose another --outfile")

@@ -52,8 +52,6 @@ _TYPES = [
 ]
 FILE_TYPES: dict[str, FileType] = {t.name: t for t in _TYPES}
 USABLE_TYPE_NAMES = [t.name for t in _TYPES if not t.needs_imatrix]
-# Inputs llama.cpp's quantizer can requantize without compounding loss.
-REQUANTIZABLE_FTYPES = {LlamaFileType.ALL_F32, LlamaFileType.MOSTLY_F16, LlamaFileType.MOSTLY_BF16}
 
 
 def file_type(name: str) -> FileType:
@@ -68,13 +66,3 @@ def file_type(name: str) -> FileType:
             f"type {found.name} needs an importance matrix, which this converter does not "
             f"compute; choose q2_k or a larger type ({', '.join(USABLE_TYPE_NAMES)})")
     return found
-
-
-def name_of_ftype(ftype: int) -> str:
-    for t in _TYPES:
-        if t.ftype == ftype:
-            return t.name
-    try:
-        return LlamaFileType(ftype).name.removeprefix("MOSTLY_").lower()
-    except ValueError:
-        return f"ftype {ftype}"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from reranker.errors import InputTooLongError, ModelFileError, RerankerError
 from reranker.ggml_tensors import copy_f32_rows, tensor_name
@@ -21,7 +22,8 @@ from reranker.llama_logging import route_llama_logs
 
 HIDDEN_STATE_NODE = b"result_norm"
 _CONTEXT_STEP = 1024  # contexts grow in these steps, so similar requests reuse one
-KV_CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8}  # ggml_type values
+KV_CACHE_TYPES = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
+                  "bf16": GGMLQuantizationType.BF16, "q8_0": GGMLQuantizationType.Q8_0}
 
 
 def default_thread_count() -> int:
@@ -50,7 +52,7 @@ class LlamaEngine:
         if kv_cache_type not in KV_CACHE_TYPES:
             raise ValueError(f"kv_cache_type {kv_cache_type!r} is not one of "
                              f"{', '.join(KV_CACHE_TYPES)}")
-        self._kv_type = KV_CACHE_TYPES[kv_cache_type]
+        self._kv_type = int(KV_CACHE_TYPES[kv_cache_type])
         self._lock = threading.Lock()
         self._ctx = None
         self._ctx_size = 0

@@ -11,11 +11,17 @@ it) is read too; see `reranker.projector`.
 """
 from __future__ import annotations
 
+from gguf import LlamaFileType
+
 ARCHITECTURE = "qwen3"
 DOC_MARKER = "<|embed_token|>"
 QUERY_MARKER = "<|rerank_token|>"
 PROJECTOR_SIDECAR = "projector.safetensors"
 PROJECTOR_TENSORS = ("projector.0.weight", "projector.2.weight")
+# Unquantized file types: what llama.cpp's quantizer should start from, and where
+# exact arithmetic is the point of choosing them.
+FLOAT_FILE_TYPES = frozenset({LlamaFileType.ALL_F32, LlamaFileType.MOSTLY_F16,
+                              LlamaFileType.MOSTLY_BF16})
 
 
 class Keys:

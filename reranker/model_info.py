@@ -18,6 +18,11 @@ def _enum_name(enum, value) -> str:
         return str(value)
 
 
+def file_type_name(ftype: int) -> str:
+    """A llama_ftype as the CLI's --type names it (f32, q8_0, q4_k_m...)."""
+    return "f32" if ftype == LlamaFileType.ALL_F32 else _enum_name(LlamaFileType, ftype)
+
+
 def describe_model(path: str | Path) -> dict:
     path = Path(path)
     meta = read_metadata(path)
@@ -40,7 +45,7 @@ def describe_model(path: str | Path) -> dict:
         "size_bytes": path.stat().st_size,
         "architecture": arch,
         "name": meta.get(Keys.NAME),
-        "file_type": _enum_name(LlamaFileType, meta.get(Keys.FILE_TYPE, 0)),
+        "file_type": file_type_name(meta.get(Keys.FILE_TYPE, 0)),
         "tensor_count": len(meta.tensors),
         "tensor_types": dict(types.most_common()),
         "layers": meta.get(f"{arch}.block_count"),

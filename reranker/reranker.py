@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from gguf import LlamaFileType
 
 from reranker.blocks import cosine, merge_query_embeddings, plan_blocks
 from reranker.engine import LlamaEngine
 from reranker.errors import InputTooLongError, ModelFileError
 from reranker.gguf_metadata import read_metadata
-from reranker.model_format import ARCHITECTURE, DOC_MARKER, QUERY_MARKER, Keys
+from reranker.model_format import (ARCHITECTURE, DOC_MARKER, FLOAT_FILE_TYPES, QUERY_MARKER,
+                                   Keys)
 from reranker.projector import Projector, find_projector
 from reranker.prompt import CONTROL_TOKENS, build_prompt, remove_markers
 
@@ -22,7 +24,6 @@ MAX_QUERY_TOKENS = 512
 MAX_DOC_TOKENS = 2048
 BLOCK_SIZE = 125
 BLOCK_TOKENS = 131072
-FLOAT_FILE_TYPES = {0, 1, 32, None}  # llama_ftype: all f32, mostly f16, mostly bf16; unknown
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,11 @@ class Reranker:
         file_type = self.metadata.get(Keys.FILE_TYPE)
         if kv_cache_type is None:
             # An all-f32 model is chosen for exactness; an f16 cache costs it ~2e-5 in scores.
-            kv_cache_type = "f32" if file_type == 0 else "f16"
+            kv_cache_type = "f32" if file_type == LlamaFileType.ALL_F32 else "f16"
         if flash_attention is None:
             # llama.cpp's CPU flash attention computes in f16 (~2e-4 on scores): noise next to
             # 4-8-bit weights, where it was up to 10% faster; float files keep exact attention.
-            flash_attention = file_type not in FLOAT_FILE_TYPES
+            flash_attention = file_type is not None and file_type not in FLOAT_FILE_TYPES
         self._engine = LlamaEngine(self.model_path, n_threads=n_threads, max_context=max_context,
                                    n_batch=n_batch, n_ubatch=n_ubatch,
                                    flash_attention=flash_attention, kv_cache_type=kv_cache_type)

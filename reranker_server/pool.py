@@ -50,10 +50,6 @@ class RerankerPool:
     def waiting(self) -> int:
         return self.admitted - self.running
 
-    @property
-    def any_reranker(self) -> Reranker:
-        return self._all[0]
-
     async def run(self, work: Callable[[Reranker], T]) -> T:
         if self.admitted >= self.workers + self.queue_size:
             raise QueueFull

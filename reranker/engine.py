@@ -21,7 +21,9 @@ from reranker.ggml_tensors import copy_f32_rows, tensor_name
 from reranker.llama_logging import route_llama_logs
 
 HIDDEN_STATE_NODE = b"result_norm"
-_CONTEXT_STEP = 1024  # contexts grow in these steps, so similar requests reuse one
+# Contexts grow in these steps (llama.cpp pads to 256 anyway). Each step of f16 KV cache
+# is 28 MB on the 0.6B model, so the context is sized close to the prompt, not rounded up.
+_CONTEXT_STEP = 256
 KV_CACHE_TYPES = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
                   "bf16": GGMLQuantizationType.BF16, "q8_0": GGMLQuantizationType.Q8_0}
 
@@ -39,7 +41,8 @@ class LlamaEngine:
 
     def __init__(self, model_path: str | Path, *, n_threads: int | None = None,
                  max_context: int | None = None, n_batch: int = 2048, n_ubatch: int = 512,
-                 flash_attention: bool | None = None, kv_cache_type: str = "f16"):
+                 flash_attention: bool | None = None, kv_cache_type: str = "f16",
+                 use_mmap: bool = False):
         import llama_cpp
 
         self._llama = llama_cpp
@@ -48,7 +51,7 @@ class LlamaEngine:
         self.n_ubatch = n_ubatch
         self.n_batch = max(n_batch, n_ubatch)  # tokens per llama_decode call, at most
         self._ctx_batch = 0  # the current context's batch size
-        self._flash_attention = flash_attention
+        self.flash_attention = flash_attention
         if kv_cache_type not in KV_CACHE_TYPES:
             raise ValueError(f"kv_cache_type {kv_cache_type!r} is not one of "
                              f"{', '.join(KV_CACHE_TYPES)}")
@@ -66,7 +69,10 @@ class LlamaEngine:
         route_llama_logs()
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
-        params.use_mmap = True
+        # Read, not mapped: llama.cpp repacks most quantized tensors into its own buffers
+        # for the CPU kernels, and with a mapping the file's pages stayed resident beside
+        # those copies (q4_k_m, 16 x 120 words: peak 1078 MB mapped, 876 MB read).
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         self._model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), params)
         if not self._model:
             raise ModelFileError(f"llama.cpp could not load {self.model_path} "
@@ -197,8 +203,8 @@ class LlamaEngine:
         params.cb_eval = self._eval_callback
         params.cb_eval_user_data = None
         params.type_k = params.type_v = self._kv_type
-        if self._flash_attention is not None:
-            params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if self._flash_attention
+        if self.flash_attention is not None:
+            params.flash_attn_type = (llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attention
                                       else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         ctx = llama.llama_init_from_model(self._model, params)
         if not ctx:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,61 @@ class GGUFMetadata:
         return self.values.get(key, default)
 
 
+class StringArray(Sequence):
+    """A GGUF string array kept as its raw bytes and decoded one item at a time.
+
+    The vocabulary and the merges are 151k strings each: as Python lists they held
+    ~33 MB for the life of a model, to answer "is this marker in the vocabulary".
+    """
+
+    def __init__(self, raw: bytes, starts: np.ndarray):
+        self._raw = raw  # each item: u64 length, then that many UTF-8 bytes
+        self._starts = starts  # offset of each item's length prefix in raw
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        start = int(self._starts[index])
+        (length,) = struct.unpack_from("<Q", self._raw, start)
+        return self._raw[start + 8:start + 8 + length].decode("utf-8", errors="replace")
+
+    def index(self, value, start: int = 0, stop: int | None = None) -> int:
+        """First index of `value`, found by searching the raw bytes (no decoding)."""
+        if isinstance(value, str):
+            encoded = value.encode("utf-8")
+            needle = struct.pack("<Q", len(encoded)) + encoded
+            offset = self._raw.find(needle)
+            while offset >= 0:  # a match must begin exactly at an item
+                i = int(np.searchsorted(self._starts, offset))
+                if i < len(self._starts) and self._starts[i] == offset:
+                    if start <= i and (stop is None or i < stop):
+                        return i
+                offset = self._raw.find(needle, offset + 1)
+        raise ValueError(f"{value!r} is not in the array")
+
+    def __contains__(self, value) -> bool:
+        try:
+            self.index(value)
+        except ValueError:
+            return False
+        return True
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, StringArray):
+            return self._raw == other._raw
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # mutable-looking container semantics, like list
+
+    def __repr__(self) -> str:
+        return f"StringArray({len(self)} items)"
+
+
 class _Cursor:
     def __init__(self, buf, path: Path):
         self.buf, self.pos, self.path = buf, 0, path
@@ -59,13 +115,24 @@ class _Cursor:
     def string(self) -> str:
         return bytes(self.take(self.scalar("<Q"))).decode("utf-8", errors="replace")
 
+    def strings(self, count: int) -> StringArray:
+        first = self.pos
+        starts = np.empty(count, dtype=np.int64)
+        for i in range(count):
+            starts[i] = self.pos - first
+            length = self.scalar("<Q")
+            self.pos += length  # the item's bytes are read when it is asked for
+        if self.pos > len(self.buf):
+            raise ModelFileError(f"{self.path}: truncated GGUF metadata")
+        return StringArray(bytes(self.buf[first:self.pos]), starts)
+
     def value(self, vtype: int):
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
             item_type, count = self.scalar("<I"), self.scalar("<Q")
             if item_type == _STRING:
-                return [self.string() for _ in range(count)]
+                return self.strings(count)
             if item_type not in _SCALAR:
                 raise ModelFileError(f"{self.path}: unknown GGUF array type {item_type}")
             dtype = np.dtype(_SCALAR[item_type])

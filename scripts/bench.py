@@ -40,6 +40,7 @@ WORDS = ("river city capital market history science music winter harbor mountain
          "engine garden library theory ocean forest village bridge festival").split()
 QUERY = "Which passage is about a harbor city in winter?"
 ENGINES = ("reranker", "embeddings", "raw", "transformers", "subprocess")
+BLOCK_TOKENS = 131072  # the published default (reranker.reranker.BLOCK_TOKENS)
 
 
 def documents(workload: str) -> list[str]:
@@ -83,14 +84,16 @@ def _blocks_of(ranker, query, docs):
 class LlamaBaseline:
     """llama.cpp in-process without this project's marker-only capture."""
 
-    def __init__(self, model: str, threads: int, all_outputs: bool):
+    def __init__(self, model: str, threads: int, all_outputs: bool, flash_attention: bool):
         import llama_cpp
 
         from reranker.llama_logging import route_llama_logs
 
         route_llama_logs()
         self.llama, self.all_outputs, self.threads = llama_cpp, all_outputs, threads
+        self.flash_attention = flash_attention  # as the reranker runs it: same build, same kernels
         params = llama_cpp.llama_model_default_params()
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
         self.model = llama_cpp.llama_model_load_from_file(model.encode(), params)
         self.ctx, self.ctx_size = None, 0
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
@@ -101,10 +104,11 @@ class LlamaBaseline:
         if self.ctx is not None:
             self.llama.llama_free(self.ctx)
         p = self.llama.llama_context_default_params()
-        p.n_ctx = self.ctx_size = -(-n // 1024) * 1024
+        p.n_ctx = self.ctx_size = -(-n // 256) * 256
         p.n_batch, p.n_ubatch = 2048, 512
         p.n_threads = p.n_threads_batch = self.threads
-        p.flash_attn_type = self.llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.flash_attn_type = (self.llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attention
+                             else self.llama.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         if self.all_outputs:
             p.embeddings = True
             p.pooling_type = self.llama.LLAMA_POOLING_TYPE_NONE
@@ -154,19 +158,22 @@ def worker(args) -> dict:
         tokens = sum(len(ref.prompt_ids(queries[0], docs[i:i + 125]))
                      for i in range(0, len(docs), 125))
     else:
-        ranker = Reranker(args.model, n_threads=threads)
+        ranker = Reranker(args.model, n_threads=threads, block_tokens=args.block_tokens)
         blocks = [_blocks_of(ranker, queries[i], docs) for i in range(len(queries))]
         tokens = sum(len(ids) for ids, _ in blocks[0])
         if args.engine == "reranker":
             call = lambda i: ranker.score(queries[i], docs)  # noqa: E731
         elif args.engine in ("embeddings", "raw"):
-            baseline = LlamaBaseline(args.model, threads, all_outputs=args.engine == "embeddings")
+            flash_attention, projector = ranker._engine.flash_attention, ranker.projector
+            ranker.close()  # its model copy would count in this baseline's memory
+            baseline = LlamaBaseline(args.model, threads, all_outputs=args.engine == "embeddings",
+                                     flash_attention=flash_attention)
 
             def call(i):
                 for ids, positions in blocks[i]:
                     states = baseline.run(ids, positions)
                     if states is not None:
-                        ranker.projector(states)
+                        projector(states)
         elif args.engine == "subprocess":
             call = lambda i: [published_route(args.llama_embedding, args.model, ids, positions,  # noqa: E731
                                               ranker, threads) for ids, positions in blocks[i]]
@@ -228,7 +235,8 @@ def _prompt_text(ranker, ids) -> str:
 # -- parent side ---------------------------------------------------------------------
 def measure(engine: str, model: str | None, workload: str, args) -> dict:
     command = [sys.executable, __file__, str(args.checkpoint), "--worker", "--engine", engine,
-               "--workload", workload, "--runs", str(args.runs), "--threads", str(args.threads)]
+               "--workload", workload, "--runs", str(args.runs), "--threads", str(args.threads),
+               "--block-tokens", str(args.block_tokens)]
     if model:
         command += ["--model-path", model]
     if args.llama_embedding:
@@ -259,6 +267,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--llama-embedding")
+    parser.add_argument("--block-tokens", type=int, default=BLOCK_TOKENS,
+                        help="token budget of one block (default: the published 131072); "
+                             "llama.cpp engines decode the same blocks")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -274,7 +285,8 @@ def main() -> int:
     engines = args.engine or ["reranker", "embeddings", "raw", "transformers"]
     if "subprocess" in engines and not args.llama_embedding:
         raise SystemExit("the subprocess engine needs --llama-embedding (scripts/build_llama_embedding.sh)")
-    report = {"machine": machine(), "threads": args.threads, "runs": args.runs, "results": []}
+    report = {"machine": machine(), "threads": args.threads, "runs": args.runs,
+              "block_tokens": args.block_tokens, "results": []}
     print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
           f"{' '.join(report['machine']['flags'])}; {args.threads} threads, median of {args.runs}")
     for workload in args.workload or ["interactive", "16x120"]:

@@ -13,6 +13,7 @@ from reranker.model_info import describe_model
 from reranker.reranker import resolve_model_file
 from reranker_cli.errors import friendly_errors
 from reranker_cli.models_dir import resolve_model
+from reranker_cli.runtime_options import block_tokens_option
 
 API_KEY_ENV = "RERANKER_API_KEY"
 
@@ -51,6 +52,7 @@ def _read_api_key(api_key_file: Path | None) -> str | None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="llama.cpp contexts scoring at once (threads are shared among them).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads in all.")
+@block_tokens_option
 @click.option("--queue-size", default=16, show_default=True, type=click.IntRange(min=0),
               help="Requests that may wait for a worker; more get 429 with Retry-After.")
 @click.option("--queue-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
@@ -65,8 +67,8 @@ def _read_api_key(api_key_file: Path | None) -> str | None:
 @click.option("--log-documents", is_flag=True, help="Log queries and documents (off: ids only).")
 @click.option("--shutdown-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to let running requests finish on SIGTERM / Ctrl-C.")
-def serve(model, projector, host, port, model_name, workers, threads, queue_size, queue_timeout,
-          max_documents, max_body_bytes, max_tokens, api_key_file, log_documents,
+def serve(model, projector, host, port, model_name, workers, threads, block_tokens, queue_size,
+          queue_timeout, max_documents, max_body_bytes, max_tokens, api_key_file, log_documents,
           shutdown_timeout) -> None:
     """Serve the Jina / Cohere rerank API: POST /v1/rerank (and /rerank).
 
@@ -95,7 +97,8 @@ def serve(model, projector, host, port, model_name, workers, threads, queue_size
         describe_model(model_path)  # fail here, with a clear message, on a bad file
         settings = ServerSettings(
             model_path=model_path, model_name=model_name or model_path.stem,
-            projector_path=projector, workers=workers, threads=threads, queue_size=queue_size,
+            projector_path=projector, workers=workers, threads=threads,
+            block_tokens=block_tokens, queue_size=queue_size,
             queue_timeout=queue_timeout, max_documents=max_documents,
             max_body_bytes=max_body_bytes, max_tokens=max_tokens, api_key=api_key,
             log_documents=log_documents)

@@ -31,7 +31,8 @@ def default_opener(settings: ServerSettings) -> Callable[[], Reranker]:
     threads = None
     if settings.threads:
         threads = max(1, settings.threads // settings.workers)
-    return lambda: Reranker(settings.model_path, settings.projector_path, n_threads=threads)
+    return lambda: Reranker(settings.model_path, settings.projector_path, n_threads=threads,
+                            block_tokens=settings.block_tokens)
 
 
 def create_app(settings: ServerSettings,

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reranker.reranker import BLOCK_TOKENS
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -13,6 +15,7 @@ class ServerSettings:
     projector_path: Path | None = None
     workers: int = 1  # llama.cpp contexts; one decode already uses every thread it gets
     threads: int | None = None  # CPU threads in all, shared among the workers
+    block_tokens: int = BLOCK_TOKENS  # token budget of one block (the published default)
     queue_size: int = 16  # requests that may wait for a worker; beyond: 429
     queue_timeout: float = 60.0  # seconds a request may wait before a 503
     max_documents: int = 1000
@@ -22,7 +25,8 @@ class ServerSettings:
     log_documents: bool = False
 
     def __post_init__(self):
-        for name in ("workers", "queue_size", "max_documents", "max_body_bytes", "max_tokens"):
+        for name in ("workers", "queue_size", "max_documents", "max_body_bytes", "max_tokens",
+                     "block_tokens"):
             value = getattr(self, name)
             if value < (0 if name == "queue_size" else 1):
                 raise ValueError(f"{name} must be positive, got {value}")

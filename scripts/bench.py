@@ -44,7 +44,10 @@ BLOCK_TOKENS = 131072  # the published default (reranker.reranker.BLOCK_TOKENS)
 
 
 def documents(workload: str) -> list[str]:
-    count, words = WORKLOADS[workload]
+    return documents_of(*WORKLOADS[workload])
+
+
+def documents_of(count: int, words: int) -> list[str]:
     rng = random.Random(0)
     return [" ".join(rng.choice(WORDS) for _ in range(words)) + "." for _ in range(count)]
 
@@ -179,7 +182,8 @@ def worker(args) -> dict:
                                               ranker, threads) for ids, positions in blocks[i]]
         else:
             raise SystemExit(f"unknown engine {args.engine}")
-    call(0)  # warm-up
+    if args.warmup:
+        call(0)
     times = []
     for i in range(1, args.runs + 1):
         started = time.perf_counter()
@@ -237,6 +241,8 @@ def measure(engine: str, model: str | None, workload: str, args) -> dict:
     command = [sys.executable, __file__, str(args.checkpoint), "--worker", "--engine", engine,
                "--workload", workload, "--runs", str(args.runs), "--threads", str(args.threads),
                "--block-tokens", str(args.block_tokens)]
+    if not args.warmup:
+        command.append("--no-warmup")
     if model:
         command += ["--model-path", model]
     if args.llama_embedding:
@@ -270,6 +276,9 @@ def main() -> int:
     parser.add_argument("--block-tokens", type=int, default=BLOCK_TOKENS,
                         help="token budget of one block (default: the published 131072); "
                              "llama.cpp engines decode the same blocks")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="time the first request too (context creation included); "
+                             "for long workloads measured once")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -286,7 +295,7 @@ def main() -> int:
     if "subprocess" in engines and not args.llama_embedding:
         raise SystemExit("the subprocess engine needs --llama-embedding (scripts/build_llama_embedding.sh)")
     report = {"machine": machine(), "threads": args.threads, "runs": args.runs,
-              "block_tokens": args.block_tokens, "results": []}
+              "warmup": args.warmup, "block_tokens": args.block_tokens, "results": []}
     print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
           f"{' '.join(report['machine']['flags'])}; {args.threads} threads, median of {args.runs}")
     for workload in args.workload or ["interactive", "16x120"]:

@@ -9,6 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from reranker import Reranker
 from reranker_cli.main import cli
 
 DOCS = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Bananas."]
@@ -56,6 +57,28 @@ def test_json_scores_equal_the_library(runner, converted, ranker_for):
     assert [r["index"] for r in got] == [r.index for r in expected]
     assert [r["relevance_score"] for r in got] == pytest.approx(
         [r.relevance_score for r in expected], abs=1e-6)
+
+
+def test_block_tokens_splits_the_list_as_the_library_does(runner, converted):
+    docs = [f"passage {i} " + "words about a harbor city " * 40 for i in range(12)]
+    args = ["--json", *sum((["-d", d] for d in docs), [])]
+    whole = json.loads(_rerank(runner, converted("q8_0"), *args).output)
+    done = _rerank(runner, converted("q8_0"), "--block-tokens", "2048", *args)
+    assert done.exit_code == 0, done.output
+    split = json.loads(done.output)
+    with Reranker(converted("q8_0"), n_threads=2, block_tokens=2048) as ranker:
+        expected = ranker.score("capital of France", docs)
+    assert expected.blocks > 1
+    # Each extra block repeats the template and the query.
+    assert split["usage"]["total_tokens"] == expected.total_tokens > whole["usage"]["total_tokens"]
+    by_index = {r["index"]: r["relevance_score"] for r in split["results"]}
+    assert [by_index[i] for i in range(len(docs))] == pytest.approx(expected.scores, abs=1e-6)
+
+
+def test_block_tokens_below_the_minimum_is_a_usage_error(runner, converted):
+    done = _rerank(runner, converted("q8_0"), "--block-tokens", "500", "-d", "x")
+    assert done.exit_code == 2
+    assert "--block-tokens" in done.output and "500" in done.output
 
 
 def test_documents_from_a_plain_file_and_jsonl(runner, converted, tmp_path):

@@ -173,3 +173,13 @@ def test_the_shared_prompt_prefix_is_reused_without_changing_scores(converted):
     assert 50 < reused < reused_again  # the system message, then up to the first document
     np.testing.assert_allclose(second, fresh, atol=1e-6, rtol=0)
     np.testing.assert_allclose(again, fresh, atol=1e-6, rtol=0)
+
+
+def test_mapped_and_read_weights_score_alike(converted):
+    # The default reads the weights; use_mmap maps the file: the same tensors either way.
+    docs = ["Paris is the capital of France.", "Berlin is in Germany.", "A recipe for bread."]
+    with Reranker(converted("q4_k_m"), n_threads=2, use_mmap=True) as mapped:
+        got = mapped.score("capital of France", docs).scores
+    with Reranker(converted("q4_k_m"), n_threads=2) as read:
+        expected = read.score("capital of France", docs).scores
+    np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -72,7 +72,8 @@ class LlamaEngine:
         # Read, not mapped: llama.cpp repacks most quantized tensors into its own buffers
         # for the CPU kernels, and with a mapping the file's pages stayed resident beside
         # those copies (q4_k_m, 16 x 120 words: peak 1078 MB mapped, 876 MB read).
-        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
+        params.load_mode = (llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap
+                            else llama_cpp.LLAMA_LOAD_MODE_NONE)
         self._model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), params)
         if not self._model:
             raise ModelFileError(f"llama.cpp could not load {self.model_path} "

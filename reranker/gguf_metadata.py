@@ -91,8 +91,6 @@ class StringArray(Sequence):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other))
         return NotImplemented
 
-    __hash__ = None  # mutable-looking container semantics, like list
-
     def __repr__(self) -> str:
         return f"StringArray({len(self)} items)"
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""The runtime's decode path against raw llama.cpp, alternating in one process.
+
+    python scripts/bench_interleaved.py MODEL.gguf [--docs 64 --words 120 --rounds 2]
+
+scripts/bench.py runs each engine in a fresh process, which is right for memory and cold
+start but lets the VM's drift between processes (up to 25% at long prompts here) decide
+close comparisons. This holds both in one process and alternates them on the same prompt
+tokens, the cache cleared before each call and the order rotated every round:
+  raw      llama.cpp with one output (bench.py's baseline)
+  markers  LlamaEngine.hidden_states at the marker positions (what Reranker.score decodes)
+  last     the same engine with one output, to isolate the cost of the marker outputs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import QUERY, LlamaBaseline, _blocks_of, documents_of  # noqa: E402
+
+from reranker import Reranker  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--docs", type=int, default=64)
+    parser.add_argument("--words", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+
+    docs = documents_of(args.docs, args.words)
+    ranker = Reranker(args.model, n_threads=args.threads)
+    engine = ranker._engine
+    queries = [f"{QUERY} (request {i})" for i in range(args.rounds + 1)]
+    blocks = [_blocks_of(ranker, query, docs) for query in queries]
+    raw = LlamaBaseline(str(args.model), args.threads, all_outputs=False,
+                        flash_attention=engine.flash_attention)
+
+    def run(name: str, request: int) -> float:
+        started = time.perf_counter()
+        for ids, positions in blocks[request]:
+            engine._cached_tokens = []  # no prefix reuse: the same work raw does
+            if name == "markers":
+                engine.hidden_states(ids, positions)
+            elif name == "last":
+                engine.hidden_states(ids, [len(ids) - 1])
+            else:
+                raw.run(ids, positions)
+        return time.perf_counter() - started
+
+    names = ["markers", "last", "raw"]
+    print(f"{sum(len(ids) for ids, _ in blocks[0])} tokens, {args.threads} threads", flush=True)
+    for name in names:  # warm-up: contexts sized, weights paged in
+        run(name, 0)
+    for request in range(1, args.rounds + 1):
+        order = names[request % 3:] + names[:request % 3]
+        timings = {name: run(name, request) for name in order}
+        print(f"round {request}: " + ", ".join(f"{n} {timings[n]:.2f} s" for n in order),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -20,14 +19,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-WORDS = ("river city capital market history science music winter harbor mountain language "
-         "engine garden library theory ocean forest village bridge festival").split()
-
-
-def make_documents(count: int, words: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(words)) + "." for _ in range(count)]
+from bench import QUERY, documents_of  # noqa: E402
 
 
 def main() -> int:
@@ -45,8 +39,8 @@ def main() -> int:
     from reranker import Reranker
 
     torch.set_num_threads(args.threads)
-    query = "Which passage is about a harbor city in winter?"
-    docs = make_documents(args.docs, args.words)
+    query = QUERY
+    docs = documents_of(args.docs, args.words)
     reference = ReferenceReranker(args.checkpoint)
     started = time.monotonic()
     expected = reference.scores(query, docs)

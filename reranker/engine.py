@@ -24,6 +24,12 @@ HIDDEN_STATE_NODE = b"result_norm"
 # Contexts grow in these steps (llama.cpp pads to 256 anyway). Each step of f16 KV cache
 # is 28 MB on the 0.6B model, so the context is sized close to the prompt, not rounded up.
 _CONTEXT_STEP = 256
+# llama.cpp's CPU flash attention runs a micro-batch of fewer than 64 query rows through a
+# vector kernel that accumulates in f16 and larger ones through a tiled f32 kernel, so one
+# token's hidden state depended on where a micro-batch boundary fell (tiny f32 model: 2e-4
+# from attention without flash on the tiled kernel, 1.4e-3 on the vector one). Prompts are
+# therefore decoded in slices of at least this many tokens.
+_MIN_SLICE = 64
 KV_CACHE_TYPES = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
                   "bf16": GGMLQuantizationType.BF16, "q8_0": GGMLQuantizationType.Q8_0}
 
@@ -49,8 +55,8 @@ class LlamaEngine:
         self.model_path = Path(model_path)
         self.n_threads = n_threads or default_thread_count()
         self.n_ubatch = n_ubatch
-        self.n_batch = max(n_batch, n_ubatch)  # tokens per llama_decode call, at most
-        self._ctx_batch = 0  # the current context's batch size
+        self.n_batch = max(n_batch, n_ubatch)  # the context's; calls are sliced to n_ubatch
+        self._ctx_ubatch = 0  # the current context's micro-batch size
         self.flash_attention = flash_attention
         if kv_cache_type not in KV_CACHE_TYPES:
             raise ValueError(f"kv_cache_type {kv_cache_type!r} is not one of "
@@ -63,6 +69,7 @@ class LlamaEngine:
         self._captured: list[np.ndarray] = []
         self._cached_tokens: list[int] = []  # what the KV cache holds, in order
         self.reused_tokens = 0  # prefix tokens the last call did not decode again
+        self.decoded_tokens = 0  # tokens the last call decoded
         # Kept referenced for as long as any context may call it.
         self._eval_callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_eval)
 
@@ -115,10 +122,21 @@ class LlamaEngine:
 
     # -- hidden states ---------------------------------------------------------
     def hidden_states(self, tokens: Sequence[int], positions: Sequence[int]) -> np.ndarray:
-        """Final hidden states at `positions` (ascending) of one sequence: [len(positions), hidden]."""
-        n = len(tokens)
-        if n == 0:
+        """Final hidden states at `positions` (ascending) of one sequence: [len(positions), hidden].
+
+        Attention is causal, so tokens after the last position cannot change any of the
+        states asked for and are not decoded (the template's 13 closing tokens after the
+        query marker).
+        """
+        positions = list(positions)
+        for before, p in zip([-1] + positions, positions):
+            if not before < p < len(tokens):
+                raise ValueError(f"position {p} is out of order or outside the {len(tokens)} "
+                                 "tokens; positions must be ascending and distinct")
+        if not positions:
             return np.empty((0, self.hidden_size), dtype=np.float32)
+        tokens = tokens[:positions[-1] + 1]
+        n = len(tokens)
         if n > self.max_context:
             raise InputTooLongError(
                 f"the prompt has {n} tokens but the context is capped at {self.max_context}; "
@@ -127,16 +145,14 @@ class LlamaEngine:
         if bad:  # llama.cpp would abort the process on an out-of-range id
             raise RerankerError(f"token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})")
         wanted = np.zeros(n, dtype=np.int8)
-        wanted[list(positions)] = 1
+        wanted[positions] = 1
         with self._lock:
             self._ensure_context(n)
-            reused = self._reuse_prefix(tokens, min(positions, default=n - 1))
+            reused = self._reuse_prefix(tokens, positions[0])
             self._captured = []
             self._cached_tokens = []  # until this decode has succeeded
             batch = self._batch
-            # llama.cpp aborts on a call larger than the context's n_batch, so split.
-            for start in range(reused, n, self._ctx_batch):
-                stop = min(start + self._ctx_batch, n)
+            for start, stop in _slices(reused, n, self._ctx_ubatch):
                 for i in range(start, stop):
                     j = i - start
                     batch.token[j] = tokens[i]
@@ -150,6 +166,7 @@ class LlamaEngine:
                     raise RerankerError(f"llama_decode failed with status {status}")
             self._cached_tokens = list(tokens)
             self.reused_tokens = reused
+            self.decoded_tokens = n - reused
             rows = [r for r in self._captured if r.size]
             self._captured = []
         states = np.concatenate(rows) if rows else np.empty((0, self.hidden_size), np.float32)
@@ -164,12 +181,12 @@ class LlamaEngine:
         Every prompt starts with the same system message, and the blocks of one
         query share even more; those tokens need not be decoded again. The reuse
         stops before the first output position, whose hidden state must be
-        computed, and always leaves at least one token to decode.
+        computed, and leaves at least `_MIN_SLICE` tokens to decode.
         """
         llama = self._llama
         memory = llama.llama_get_memory(self._ctx)
         shared = 0
-        limit = min(len(self._cached_tokens), first_output, len(tokens) - 1)
+        limit = min(len(self._cached_tokens), first_output, len(tokens) - _MIN_SLICE)
         while shared < limit and self._cached_tokens[shared] == tokens[shared]:
             shared += 1
         if shared and llama.llama_memory_seq_rm(memory, 0, shared, -1):
@@ -211,7 +228,7 @@ class LlamaEngine:
         if not ctx:
             raise RerankerError(f"llama.cpp could not create a {size}-token context "
                                 "(out of memory?)")
-        self._ctx, self._ctx_size, self._ctx_batch = ctx, size, params.n_batch
+        self._ctx, self._ctx_size, self._ctx_ubatch = ctx, size, params.n_ubatch
         self._batch = llama.llama_batch_init(params.n_batch, 0, 1)
 
     def _free_context(self) -> None:
@@ -234,3 +251,16 @@ class LlamaEngine:
             self.close()
         except Exception:
             pass
+
+
+def _slices(start: int, stop: int, most: int) -> list[tuple[int, int]]:
+    """[start, stop) as slices of `most` tokens, one micro-batch each, none below `_MIN_SLICE`.
+
+    Each call stays within the context's batch size (llama.cpp aborts the process on a
+    larger one). A last slice under `_MIN_SLICE` is made up to it from the slice before,
+    so only a prompt's single slice (or a micro-batch size set below it) is shorter.
+    """
+    bounds = list(range(start, stop, most)) + [stop]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < _MIN_SLICE <= most:
+        bounds[-2] = bounds[-1] - _MIN_SLICE
+    return list(zip(bounds, bounds[1:]))

@@ -48,7 +48,7 @@ class Scores:
     scores: np.ndarray  # [n_docs]
     doc_embeddings: np.ndarray  # [n_docs, projector output]
     query_embedding: np.ndarray
-    total_tokens: int  # tokens decoded, over every block
+    total_tokens: int  # prompt tokens over every block (the usage the API reports)
     blocks: int
 
 
@@ -216,10 +216,11 @@ class Reranker:
             block = queue.pop()
             parts = build_prompt(query, [cleaned[i] for i in block], instruction)
             ids, doc_positions, query_position = self._encode_prompt(parts)
-            if len(ids) > self._engine.max_context:
+            needed = query_position + 1  # the engine decodes no further (causal attention)
+            if needed > self._engine.max_context:
                 if len(block) == 1:
                     raise InputTooLongError(
-                        f"document {block[0]} with the query and instruction needs {len(ids)} "
+                        f"document {block[0]} with the query and instruction needs {needed} "
                         f"tokens but the context is capped at {self._engine.max_context}; "
                         "shorten the query or instruction, or lower max_doc_tokens")
                 # The published budget ignores the template's own tokens; halve and retry.

@@ -160,7 +160,9 @@ def test_llama_cpp_logs_are_silent_by_default(converted, capfd):
 
 
 def test_the_shared_prompt_prefix_is_reused_without_changing_scores(converted):
-    docs = ["alpha beta", "gamma delta", "epsilon"]
+    # Long enough that more than 64 tokens follow the first document's marker (the
+    # engine always decodes at least that many).
+    docs = ["alpha beta " * 10, "gamma delta " * 10, "epsilon " * 10]
     with Reranker(converted("f32"), n_threads=2) as warm:
         warm.score("first query", docs)
         second = warm.score("second query", docs).scores
@@ -183,3 +185,68 @@ def test_mapped_and_read_weights_score_alike(converted):
     with Reranker(converted("q4_k_m"), n_threads=2) as read:
         expected = read.score("capital of France", docs).scores
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_tokens_after_the_last_marker_are_not_decoded(converted):
+    # Attention is causal: the template's closing tokens after the query marker cannot
+    # change any marker's state (parity with transformers, which reads the whole prompt,
+    # is in test_parity.py), so the engine stops decoding at the last marker.
+    with Reranker(converted("f32"), n_threads=2) as ranker:
+        scored = ranker.score("q", ["alpha", "beta"])
+        engine = ranker._engine
+        decoded = engine.reused_tokens + engine.decoded_tokens
+        assert 0 < decoded < scored.total_tokens
+        ids = engine.tokenize("one two three four five six seven eight nine")
+        whole = engine.hidden_states(ids, [2, 5])
+        assert engine.reused_tokens + engine.decoded_tokens == 6
+        engine._cached_tokens = []  # decode the cut prompt from scratch
+        np.testing.assert_array_equal(engine.hidden_states(ids[:6], [2, 5]), whole)
+
+
+@pytest.mark.parametrize("positions", [[3, 2], [1, 1], [99], [-1]])
+def test_bad_positions_are_an_error_not_a_crash(ranker_for, positions):
+    engine = ranker_for("q8_0")._engine
+    ids = engine.tokenize("one two three four five")
+    with pytest.raises(ValueError, match="position"):
+        engine.hidden_states(ids, positions)
+    assert engine.hidden_states(ids, [4]).shape == (1, engine.hidden_size)
+
+
+def test_micro_batch_boundaries_and_cache_state_do_not_change_scores(converted):
+    # llama.cpp's flash attention computes a micro-batch of fewer than 64 rows with a less
+    # precise kernel than larger ones. The engine decodes in slices of at least 64 tokens,
+    # so a prompt just past one micro-batch, and a request whose shared prefix came from the
+    # cache, give the same bits as a single fresh micro-batch.
+    from reranker.prompt import build_prompt
+
+    with Reranker(converted("f32"), n_threads=2, flash_attention=True) as sliced, \
+            Reranker(converted("f32"), n_threads=2, flash_attention=True,
+                     n_ubatch=1024) as whole:
+        words = 300
+        while True:  # a prompt 1-63 tokens longer than the 512-token micro-batch
+            docs = ["word " * words, "another document"]
+            _, _, query_position = sliced._encode_prompt(build_prompt("q", docs))
+            if 0 < (query_position + 1) % 512 < 64:
+                break
+            words += 7
+        expected = whole.score("q", docs).scores
+        np.testing.assert_array_equal(sliced.score("q", docs).scores, expected)
+        short = ["alpha", "", "beta gamma"]
+        fresh = sliced.score("q", short).scores
+        again = sliced.score("q", short).scores
+        assert sliced._engine.reused_tokens > 0
+        np.testing.assert_array_equal(again, fresh)
+
+
+@pytest.mark.parametrize("start,stop,most", [(0, 530, 512), (0, 513, 512), (117, 2321, 512),
+                                             (0, 64, 512), (0, 10, 512), (5, 1100, 256),
+                                             (0, 100, 32)])
+def test_decode_slices_cover_the_prompt_within_one_micro_batch_each(start, stop, most):
+    from reranker.engine import _slices
+
+    slices = _slices(start, stop, most)
+    assert slices[0][0] == start and slices[-1][1] == stop
+    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+    assert all(0 < b - a <= most for a, b in slices)
+    if len(slices) > 1 and most >= 64:
+        assert min(b - a for a, b in slices) >= 64

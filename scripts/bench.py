@@ -88,7 +88,9 @@ def _blocks_of(ranker, query, docs):
 class LlamaBaseline:
     """llama.cpp in-process without this project's marker-only capture."""
 
-    def __init__(self, model: str, threads: int, all_outputs: bool, flash_attention: bool):
+    def __init__(self, model: str, threads: int, all_outputs: bool, flash_attention: bool,
+                 loaded_model=None):
+        """`loaded_model`: a llama_model already loaded (shared, not freed here) instead of `model`."""
         import llama_cpp
 
         from reranker.llama_logging import route_llama_logs
@@ -96,9 +98,12 @@ class LlamaBaseline:
         route_llama_logs()
         self.llama, self.all_outputs, self.threads = llama_cpp, all_outputs, threads
         self.flash_attention = flash_attention  # as the reranker runs it: same build, same kernels
-        params = llama_cpp.llama_model_default_params()
-        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
-        self.model = llama_cpp.llama_model_load_from_file(model.encode(), params)
+        if loaded_model is not None:
+            self.model = loaded_model
+        else:
+            params = llama_cpp.llama_model_default_params()
+            params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+            self.model = llama_cpp.llama_model_load_from_file(model.encode(), params)
         self.ctx, self.ctx_size = None, 0
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
 

@@ -5,7 +5,7 @@
 
 Scores one generated request with the published budget (131072 tokens: one block for
 up to 125 documents) and with each --budget, in one process, and prints per budget:
-blocks, tokens decoded, and the agreement of its scores with the published
+blocks, prompt tokens, and the agreement of its scores with the published
 budget's (Kendall tau-b, shared top 1/5/10, largest |score difference|). Speed and
 peak memory per budget: scripts/bench.py --block-tokens (a fresh process each).
 

@@ -8,6 +8,7 @@ graph, so the vocabulary projection (151936 x 1024 per output row) never runs.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -16,9 +17,12 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from reranker.cpu_path import resolve_cpu_path
 from reranker.errors import InputTooLongError, ModelFileError, RerankerError
 from reranker.ggml_tensors import copy_f32_rows, tensor_name
 from reranker.llama_logging import route_llama_logs
+
+logger = logging.getLogger(__name__)
 
 HIDDEN_STATE_NODE = b"result_norm"
 # Contexts grow in these steps (llama.cpp pads to 256 anyway). Each step of f16 KV cache
@@ -48,7 +52,7 @@ class LlamaEngine:
     def __init__(self, model_path: str | Path, *, n_threads: int | None = None,
                  max_context: int | None = None, n_batch: int = 2048, n_ubatch: int = 512,
                  flash_attention: bool | None = None, kv_cache_type: str = "f16",
-                 use_mmap: bool = False):
+                 use_mmap: bool = False, cpu_path: str | None = None):
         import llama_cpp
 
         self._llama = llama_cpp
@@ -75,7 +79,11 @@ class LlamaEngine:
 
         route_llama_logs()
         llama_cpp.llama_backend_init()
+        # Decided before loading: the weights are laid out for the chosen kernels at load.
+        self.cpu_path = resolve_cpu_path(cpu_path)
+        logger.info("CPU path %s: %s", self.cpu_path.name, self.cpu_path.reason)
         params = llama_cpp.llama_model_default_params()
+        params.use_extra_bufts = self.cpu_path.use_extra_buffer_types
         # Read, not mapped: llama.cpp repacks most quantized tensors into its own buffers
         # for the CPU kernels, and with a mapping the file's pages stayed resident beside
         # those copies (q4_k_m, 16 x 120 words: peak 1078 MB mapped, 876 MB read).

@@ -80,7 +80,9 @@ class Reranker:
     defaults to f32 for an all-f32 model and f16 otherwise. The weights are read
     into memory rather than mapped (`use_mmap=True` maps them): llama.cpp copies most
     quantized tensors into repacked buffers, and a mapping kept the file's pages
-    resident beside the copies (about 200 MB more at q4_k_m).
+    resident beside the copies (about 200 MB more at q4_k_m). `cpu_path` picks llama.cpp's
+    weight layout ("auto", "amx", "repack", "plain"; default $RERANKER_CPU_PATH or auto,
+    see `reranker.cpu_path`): auto never takes AMX kernels that doctor has not verified.
     """
 
     def __init__(self, model: str | Path, projector: str | Path | None = None, *,
@@ -88,7 +90,8 @@ class Reranker:
                  block_size: int = BLOCK_SIZE, block_tokens: int = BLOCK_TOKENS,
                  max_query_tokens: int = MAX_QUERY_TOKENS, max_doc_tokens: int = MAX_DOC_TOKENS,
                  n_batch: int = 2048, n_ubatch: int = 512, flash_attention: bool | None = None,
-                 kv_cache_type: str | None = None, use_mmap: bool = False):
+                 kv_cache_type: str | None = None, use_mmap: bool = False,
+                 cpu_path: str | None = None):
         for name, value in (("block_size", block_size), ("block_tokens", block_tokens),
                             ("max_query_tokens", max_query_tokens),
                             ("max_doc_tokens", max_doc_tokens), ("n_ubatch", n_ubatch)):
@@ -121,7 +124,8 @@ class Reranker:
         self._engine = LlamaEngine(self.model_path, n_threads=n_threads, max_context=max_context,
                                    n_batch=n_batch, n_ubatch=n_ubatch,
                                    flash_attention=flash_attention, kv_cache_type=kv_cache_type,
-                                   use_mmap=use_mmap)
+                                   use_mmap=use_mmap, cpu_path=cpu_path)
+        self.cpu_path = self._engine.cpu_path
         self.projector.check_hidden_size(self._engine.hidden_size)
         self._control_ids = {t: self._engine.special_token_id(t) for t in CONTROL_TOKENS}
         self._lock = threading.Lock()

@@ -17,7 +17,7 @@ from reranker_cli.documents_input import read_batch
 from reranker_cli.errors import friendly_errors
 from reranker_cli.models_dir import resolve_model
 from reranker_cli.progress import ProgressBars
-from reranker_cli.runtime_options import block_tokens_option
+from reranker_cli.runtime_options import block_tokens_option, cpu_path_option
 
 
 def candidate_options(command):
@@ -92,11 +92,12 @@ def _report_text(report: EvaluationReport) -> str:
 @candidate_options
 @click.option("--model", "-m", help="GGUF file, directory, or name of a model in models/.")
 @block_tokens_option
+@cpu_path_option
 @click.option("--json-report", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the whole report, with per-query metrics, as JSON.")
 def evaluate(dataset_dir: Path, run_file: Path | None, bm25: bool, top_k: int, split: str,
              max_queries: int | None, threads: int | None, model: str | None,
-             block_tokens: int, json_report: Path | None) -> None:
+             block_tokens: int, cpu_path: str | None, json_report: Path | None) -> None:
     """Measure nDCG@10, MRR@10 and Recall@k of a first stage before and after reranking.
 
     DATASET_DIR is a retrieval dataset in the BEIR layout: corpus.jsonl,
@@ -121,7 +122,8 @@ def evaluate(dataset_dir: Path, run_file: Path | None, bm25: bool, top_k: int, s
         prepared = prepare_evaluation(dataset_dir, split=split, run_file=run_file, bm25=bm25,
                                       top_k=top_k, max_queries=max_queries)
         try:
-            with Reranker(model_path, n_threads=threads, block_tokens=block_tokens) as ranker:
+            with Reranker(model_path, n_threads=threads, block_tokens=block_tokens,
+                          cpu_path=cpu_path) as ranker:
                 report = evaluate_reranking(
                     ranker, prepared, top_k=top_k,
                     progress=lambda done, total: bars.update("queries", total))

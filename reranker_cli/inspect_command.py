@@ -5,6 +5,7 @@ import json
 
 import click
 
+from reranker.cpu_path import resolve_cpu_path
 from reranker.model_info import describe_model
 from reranker.reranker import resolve_model_file
 from reranker_cli.errors import friendly_errors
@@ -18,7 +19,8 @@ def inspect(model: str | None, as_json: bool) -> None:
     """Describe a model file: architecture, type, size, tokens, markers, projector, source.
 
     MODEL is a GGUF path, a directory, or a model name under models/ (default: the
-    default model). Only metadata is read; no weights are loaded.
+    default model). Only metadata is read; no weights are loaded. The last line is the
+    CPU path this machine would load it with (`reranker-cli doctor` checks it).
 
     \b
     Example:
@@ -26,6 +28,9 @@ def inspect(model: str | None, as_json: bool) -> None:
     """
     with friendly_errors():
         info = describe_model(resolve_model_file(resolve_model(model)))
+        # Not a property of the file: how this machine would load it (see `doctor`).
+        cpu_path = resolve_cpu_path()
+        info["cpu_path"] = {"name": cpu_path.name, "reason": cpu_path.reason}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -51,6 +56,7 @@ def inspect(model: str | None, as_json: bool) -> None:
         ("source", " @ ".join(x for x in (info["source"], info["source_revision"]) if x) or "unknown"),
         ("source sha256", info["source_sha256"] or "unknown"),
         ("converter", info["converter_version"] or "unknown (not made by reranker-cli convert)"),
+        ("cpu path", f"{cpu_path.name} here ({cpu_path.reason})"),
     ]
     for key, value in rows:
         click.echo(f"{key + ':':15}{value}")

@@ -8,6 +8,7 @@ import sys
 import click
 
 from reranker_cli.convert_commands import convert, quantize
+from reranker_cli.doctor_command import doctor
 from reranker_cli.eval_commands import compare, evaluate
 from reranker_cli.inspect_command import inspect
 from reranker_cli.pull_command import pull
@@ -31,6 +32,10 @@ def cli(verbose: bool) -> None:
       reranker-cli pull --type q8_0               # on a connected machine
       reranker-cli convert ./jina-reranker-v3 --type q4_k_m   # or from a local copy
       reranker-cli rerank --query "..." --document "..." --document "..."
+
+    \b
+    On a new machine, run `reranker-cli doctor` first: it checks which of
+    llama.cpp's CPU kernels work here and which one is used.
     """
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
@@ -40,7 +45,7 @@ def cli(verbose: bool) -> None:
         root.setLevel(logging.DEBUG)
 
 
-for command in (convert, quantize, rerank, pull, inspect, serve, evaluate, compare):
+for command in (convert, quantize, rerank, pull, inspect, serve, evaluate, compare, doctor):
     cli.add_command(command)
 
 

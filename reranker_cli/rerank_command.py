@@ -13,7 +13,7 @@ from reranker.reranker import rank_scores
 from reranker_cli.documents_input import read_batch, read_documents
 from reranker_cli.errors import friendly_errors
 from reranker_cli.models_dir import resolve_model
-from reranker_cli.runtime_options import block_tokens_option
+from reranker_cli.runtime_options import block_tokens_option, cpu_path_option
 
 
 def response_json(model_name: str, results, total_tokens: int, include_documents: bool = True) -> dict:
@@ -54,10 +54,11 @@ def _table(results) -> str:
 @click.option("--instruction", "-i", help="Extra ranking instruction placed in the prompt.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all available).")
 @block_tokens_option
+@cpu_path_option
 @click.option("--json", "as_json", is_flag=True, help="Print the Jina/Cohere rerank response JSON.")
 @click.option("--no-documents", is_flag=True, help="Leave document texts out of JSON output.")
 def rerank(query, documents, documents_file, batch_file, model, projector, top_n, instruction,
-           threads, block_tokens, as_json, no_documents) -> None:
+           threads, block_tokens, cpu_path, as_json, no_documents) -> None:
     """Rank documents by relevance to a query, best first.
 
     Documents come from --document options, --documents-file, or standard input
@@ -94,7 +95,7 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
 
     model_path = resolve_model(model)
     with friendly_errors(), Reranker(model_path, projector, n_threads=threads,
-                                           block_tokens=block_tokens) as ranker:
+                                           block_tokens=block_tokens, cpu_path=cpu_path) as ranker:
         if batch_file is None:
             request = requests[0]
             results, tokens = _run(ranker, request)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from reranker.cpu_path import CPU_PATHS, ENV_VAR
 from reranker.reranker import BLOCK_TOKENS
 
 block_tokens_option = click.option(
@@ -12,3 +13,10 @@ block_tokens_option = click.option(
          "memory (the KV cache costs about 110 KB per token of a block on the 0.6B model) and "
          "less attention work, but documents in different blocks no longer see each other, "
          "which changes scores (docs/benchmarks.md).")
+
+cpu_path_option = click.option(
+    "--cpu-path", type=click.Choice(CPU_PATHS), default=None,
+    help="llama.cpp's weight layout: amx (Intel AMX kernels), repack (its repacked layout "
+         "for AVX/NEON), plain (weights as in the file) or auto: AMX only once "
+         "`reranker-cli doctor` has verified it on this build, else repack where there is "
+         f"no AMX. Default: ${ENV_VAR} or auto.")

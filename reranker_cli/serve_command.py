@@ -13,7 +13,7 @@ from reranker.model_info import describe_model
 from reranker.reranker import resolve_model_file
 from reranker_cli.errors import friendly_errors
 from reranker_cli.models_dir import resolve_model
-from reranker_cli.runtime_options import block_tokens_option
+from reranker_cli.runtime_options import block_tokens_option, cpu_path_option
 
 API_KEY_ENV = "RERANKER_API_KEY"
 
@@ -53,6 +53,7 @@ def _read_api_key(api_key_file: Path | None) -> str | None:
               help="llama.cpp contexts scoring at once (threads are shared among them).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads in all.")
 @block_tokens_option
+@cpu_path_option
 @click.option("--queue-size", default=16, show_default=True, type=click.IntRange(min=0),
               help="Requests that may wait for a worker; more get 429 with Retry-After.")
 @click.option("--queue-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
@@ -67,9 +68,9 @@ def _read_api_key(api_key_file: Path | None) -> str | None:
 @click.option("--log-documents", is_flag=True, help="Log queries and documents (off: ids only).")
 @click.option("--shutdown-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to let running requests finish on SIGTERM / Ctrl-C.")
-def serve(model, projector, host, port, model_name, workers, threads, block_tokens, queue_size,
-          queue_timeout, max_documents, max_body_bytes, max_tokens, api_key_file, log_documents,
-          shutdown_timeout) -> None:
+def serve(model, projector, host, port, model_name, workers, threads, block_tokens, cpu_path,
+          queue_size, queue_timeout, max_documents, max_body_bytes, max_tokens, api_key_file,
+          log_documents, shutdown_timeout) -> None:
     """Serve the Jina / Cohere rerank API: POST /v1/rerank (and /rerank).
 
     Also GET /health, GET /v1/models, GET /metrics (Prometheus) and GET /docs (OpenAPI).
@@ -85,7 +86,7 @@ def serve(model, projector, host, port, model_name, workers, threads, block_toke
     try:
         import uvicorn
 
-        from reranker_server.app import create_app
+        from reranker_server.app import create_app, open_pool
         from reranker_server.settings import ServerSettings
     except ImportError as e:
         raise click.ClickException(f"the server needs its extra: pip install 'reranker[server]' "
@@ -98,7 +99,7 @@ def serve(model, projector, host, port, model_name, workers, threads, block_toke
         settings = ServerSettings(
             model_path=model_path, model_name=model_name or model_path.stem,
             projector_path=projector, workers=workers, threads=threads,
-            block_tokens=block_tokens, queue_size=queue_size,
+            block_tokens=block_tokens, cpu_path=cpu_path, queue_size=queue_size,
             queue_timeout=queue_timeout, max_documents=max_documents,
             max_body_bytes=max_body_bytes, max_tokens=max_tokens, api_key=api_key,
             log_documents=log_documents)
@@ -111,5 +112,9 @@ def serve(model, projector, host, port, model_name, workers, threads, block_toke
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
         server_log.addHandler(handler)
         server_log.setLevel(logging.INFO)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+    with friendly_errors():
+        # Loaded and proven by one scoring call before the port is bound: a build that
+        # cannot score here stops now, with one line, instead of after /health said ok.
+        pool = open_pool(settings)
+    uvicorn.run(create_app(settings, pool=pool), host=host, port=port, log_level="warning",
                 timeout_graceful_shutdown=shutdown_timeout)

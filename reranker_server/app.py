@@ -32,27 +32,36 @@ def default_opener(settings: ServerSettings) -> Callable[[], Reranker]:
     if settings.threads:
         threads = max(1, settings.threads // settings.workers)
     return lambda: Reranker(settings.model_path, settings.projector_path, n_threads=threads,
-                            block_tokens=settings.block_tokens)
+                            block_tokens=settings.block_tokens, cpu_path=settings.cpu_path)
+
+
+def open_pool(settings: ServerSettings,
+              open_reranker: Callable[[], Reranker] | None = None) -> RerankerPool:
+    """The workers, each proven by one scoring call (the pool does it) before any request."""
+    return RerankerPool(open_reranker or default_opener(settings), workers=settings.workers,
+                        queue_size=settings.queue_size, queue_timeout=settings.queue_timeout)
 
 
 def create_app(settings: ServerSettings,
-               open_reranker: Callable[[], Reranker] | None = None) -> FastAPI:
+               open_reranker: Callable[[], Reranker] | None = None, *,
+               pool: RerankerPool | None = None) -> FastAPI:
+    """The application; `pool` (already opened, e.g. by `serve` before it binds the port)
+    is served and closed at shutdown, else one is opened at start-up from `open_reranker`."""
     metrics = ServerMetrics()
-    opener = open_reranker or default_opener(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        pool = RerankerPool(opener, workers=settings.workers, queue_size=settings.queue_size,
-                            queue_timeout=settings.queue_timeout)
-        metrics.queue_depth.set_function(lambda: pool.waiting)
-        metrics.running.set_function(lambda: pool.running)
-        app.state.pool = pool
-        logger.info("serving %s as %s with %d worker(s)", settings.model_path,
-                    settings.model_name, settings.workers)
+        # Ready only when every worker has scored a request: /health is not served before.
+        workers = pool or open_pool(settings, open_reranker)
+        metrics.queue_depth.set_function(lambda: workers.waiting)
+        metrics.running.set_function(lambda: workers.running)
+        app.state.pool = workers
+        logger.info("serving %s as %s with %d worker(s) on CPU path %s", settings.model_path,
+                    settings.model_name, settings.workers, workers.cpu_path)
         try:
             yield
         finally:
-            pool.close()
+            workers.close()
 
     app = FastAPI(title="reranker", version="0.1.0", lifespan=lifespan,
                   description="The Jina / Cohere rerank API for jina-reranker-v3 on CPU.")
@@ -89,7 +98,7 @@ def create_app(settings: ServerSettings,
     async def health(request: Request) -> dict:
         pool: RerankerPool = request.app.state.pool
         return {"status": "ok", "model": settings.model_name, "workers": pool.workers,
-                "running": pool.running, "waiting": pool.waiting}
+                "running": pool.running, "waiting": pool.waiting, "cpu_path": pool.cpu_path}
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:

@@ -5,6 +5,10 @@ most `queue_size` more wait; anything beyond is refused at once (the caller turn
 that into a 429 with Retry-After) instead of growing an unbounded backlog. A
 request that waited longer than `queue_timeout` is dropped before it runs.
 Running requests are not interrupted: a llama.cpp decode finishes its block.
+
+Each context scores one small request when it is opened, before the pool takes any
+work: a llama.cpp build that crashes on this CPU then stops the server at start-up,
+instead of after `/health` has said ok and requests have queued behind the crash.
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from reranker import Reranker
+import numpy as np
+
+from reranker import Reranker, RerankerError
 
 T = TypeVar("T")
 
@@ -28,21 +34,33 @@ class QueueTimeout(Exception):
     pass
 
 
+def prove_scoring(reranker: Reranker) -> None:
+    """Score one small request, as a real one would be scored, or raise."""
+    scored = reranker.score("readiness check", ["a first document", "a second document"])
+    if scored.scores.shape != (2,) or not np.isfinite(scored.scores).all():
+        raise RerankerError(f"the start-up scoring call returned {scored.scores!r}; "
+                            "run `reranker-cli doctor` to check this machine")
+
+
 class RerankerPool:
     def __init__(self, open_reranker: Callable[[], Reranker], *, workers: int, queue_size: int,
-                 queue_timeout: float):
+                 queue_timeout: float,
+                 check: Callable[[Reranker], None] | None = prove_scoring):
         self._rerankers: queue.Queue[Reranker] = queue.Queue()
         self._all: list[Reranker] = []
         try:
             for _ in range(workers):
                 reranker = open_reranker()
                 self._all.append(reranker)
+                if check is not None:
+                    check(reranker)
                 self._rerankers.put(reranker)
         except BaseException:
             self.close()
             raise
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rerank")
         self.workers, self.queue_size, self.queue_timeout = workers, queue_size, queue_timeout
+        self.cpu_path = self._all[0].cpu_path.name  # the weight layout the workers loaded
         self.admitted = 0  # running + waiting; only touched on the event loop thread
         self.running = 0
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole pipeline offline, on a generated random-weight checkpoint:
-# generate -> convert to q8_0 -> inspect -> rerank. The rankings mean nothing
+# doctor -> generate -> convert to q8_0 -> inspect -> rerank. The rankings mean nothing
 # (the weights are random); the point is that every step runs on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 WORK=${DEMO_DIR:-models/demo}
 mkdir -p "$WORK"
+
+# Which of llama.cpp's CPU kernels work here (each checked in a child process).
+"$BIN/reranker-cli" doctor
 
 if [ ! -f "$WORK/checkpoint/config.json" ]; then
     "$BIN/python" scripts/make_checkpoint.py "$WORK/checkpoint" --size "${DEMO_SIZE:-tiny}"

@@ -1,8 +1,17 @@
 """Session fixtures: generated checkpoints (real Qwen vocabulary, random weights) and
-their conversions, made once per test session."""
+their conversions, made once per test session.
+
+A llama.cpp kernel that crashes on this CPU (the AMX build on Intel Xeons) would kill
+pytest with no report. So before any model of a weight family is loaded in-process, a
+tiny model of that family is decoded once in a child process on the CPU path this run
+uses; if that crashes, the tests needing the family fail with the CPU, the path and the
+signal, and the rest of the suite still runs.
+"""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,15 +49,61 @@ def make_tiny(tmp_path_factory, tokenizer_json):
     return make
 
 
+def pytest_configure(config):
+    # doctor's verdicts of this run go to a directory of its own: the user's cache
+    # neither decides the tests' CPU path nor receives what the tests record.
+    os.environ["RERANKER_CACHE_DIR"] = tempfile.mkdtemp(prefix="reranker-test-cache-")
+
+
+def pytest_report_header(config):
+    from reranker.cpu_path import resolve_cpu_path
+    from reranker.cpu_support import read_cpu_info
+
+    cpu = read_cpu_info()
+    path = resolve_cpu_path()
+    return [f"cpu: {cpu.model}, AMX {'yes' if cpu.has_amx else 'no'}; "
+            f"llama.cpp CPU path: {path.name} ({path.reason})"]
+
+
 @pytest.fixture(scope="session")
-def converted(tmp_path_factory, tiny_checkpoint):
-    """converted(type) -> path of the tiny checkpoint converted to that type (cached)."""
+def require_decode(tmp_path_factory):
+    """require_decode(type) fails the calling test, with the reason, when llama.cpp
+    crashed or failed decoding that type's weight family here in a child process."""
+    from reranker.cpu_canary import FAMILIES, family_of, run_canary, write_canary_models
+    from reranker.cpu_path import resolve_cpu_path
+    from reranker.cpu_support import read_cpu_info
+
+    path = resolve_cpu_path().name
+    folder = tmp_path_factory.mktemp("canary")
+    outcomes: dict[str, str | None] = {}
+
+    def check(type_name: str) -> None:
+        family = family_of(type_name)
+        if family is None:
+            return
+        if family not in outcomes:
+            model = write_canary_models(folder, [family])[family]
+            run = run_canary(model, path)
+            outcomes[family] = None if run.ok else run.detail
+        if outcomes[family] is not None:
+            pytest.fail(f"llama.cpp cannot decode {family} weights ({FAMILIES[family]}) on this "
+                        f"machine: {outcomes[family]} on CPU {read_cpu_info().model!r} with CPU "
+                        f"path {path!r}. Run `reranker-cli doctor`; see README, Supported CPUs.",
+                        pytrace=False)
+    return check
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, tiny_checkpoint, require_decode):
+    """converted(type) -> path of the tiny checkpoint converted to that type (cached);
+    the test fails first if this machine cannot decode that type's weight family."""
     from convert.api import convert_checkpoint
 
     cache: dict[str, Path] = {}
     folder = tmp_path_factory.mktemp("gguf")
 
     def get(type_name: str) -> Path:
+        require_decode(type_name)
         if type_name not in cache:
             out = folder / f"tiny-{type_name}.gguf"
             convert_checkpoint(tiny_checkpoint, out, type_name)

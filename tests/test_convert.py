@@ -163,7 +163,8 @@ def test_other_published_forms_convert_alike(make_tiny, qwen_ranks, converted, t
         read_metadata(converted("f32")).get("tokenizer.ggml.merges")
 
 
-def test_requantize_carries_the_projector(converted, tmp_path):
+def test_requantize_carries_the_projector(converted, require_decode, tmp_path):
+    require_decode("q4_k_m")
     out = tmp_path / "requantized.gguf"
     summary = quantize_gguf(converted("f16"), out, "q4_k_m")
     assert summary.type_name == "q4_k_m" and out.stat().st_size < converted("f16").stat().st_size

@@ -94,7 +94,10 @@ def test_return_documents_false_and_the_alias_path(server):
 
 
 def test_health_models_openapi_and_metrics(server):
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    from reranker.cpu_path import resolve_cpu_path
+
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok" and health["cpu_path"] == resolve_cpu_path().name
     models = httpx.get(server.url + "/v1/models").json()
     assert models["data"][0]["id"] == "tiny-q8_0"
     assert "/v1/rerank" in httpx.get(server.url + "/openapi.json").json()["paths"]
@@ -246,3 +249,52 @@ def test_shutdown_finishes_the_running_request(converted):
     assert returncode == 0
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url + "/health", timeout=2)
+
+
+def test_the_server_is_ready_only_after_each_worker_has_scored(converted):
+    """In-process: TestClient runs the application's start-up as uvicorn does before it
+    binds the port. A worker that cannot score stops start-up (and is closed); workers
+    that can have each scored once before the first request."""
+    from fastapi.testclient import TestClient
+
+    from reranker import InputTooLongError, Reranker
+    from reranker_server.app import create_app
+    from reranker_server.settings import ServerSettings
+
+    model = converted("q8_0")
+
+    class CountingReranker(Reranker):
+        opened: list = []
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scored = 0
+            self.opened.append(self)
+
+        def score(self, *args, **kwargs):
+            self.scored += 1
+            return super().score(*args, **kwargs)
+
+    settings = ServerSettings(model_path=model, model_name="tiny", workers=2)
+    app = create_app(settings, lambda: CountingReranker(model, n_threads=1))
+    with TestClient(app) as client:
+        assert [r.scored for r in CountingReranker.opened] == [1, 1]
+        assert client.get("/health").json()["status"] == "ok"
+
+    # A context too small for the start-up request: scoring fails, start-up with it.
+    too_small = create_app(settings, lambda: CountingReranker(model, n_threads=1,
+                                                              max_context=48))
+    with pytest.raises(InputTooLongError):
+        with TestClient(too_small):
+            pass
+
+
+def test_serve_refuses_a_bad_cpu_path_in_one_line_before_binding(converted):
+    port = free_port()
+    done = subprocess.run([sys.executable, "-m", "reranker_cli.main", "serve", "-m",
+                           str(converted("q8_0")), "--port", str(port)],
+                          env=dict(os.environ, RERANKER_CPU_PATH="turbo"), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "'turbo'" in done.stderr
+    assert "RERANKER_CPU_PATH" in done.stderr

@@ -1,0 +1,179 @@
+"""`doctor`: what this machine and its llama.cpp build can run, proven in child processes."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from reranker.cpu_canary import (FAMILIES, CanaryRun, Runner, compare_with_reference,
+                                 first_failure, run_canary, run_families, write_canary_models)
+from reranker.cpu_path import (CpuPath, extra_path_name, machine_key, resolve_cpu_path,
+                               save_verdict, verdicts_file)
+from reranker.cpu_support import CpuInfo, LlamaBuild, read_cpu_info, read_llama_build
+from reranker.reranker import resolve_model_file
+from reranker_cli.errors import friendly_errors
+from reranker_cli.models_dir import resolve_model
+
+# A request like an interactive one, for --model: 10 documents of about 50 words.
+_WORDS = ("retrieval ranking passage query model relevance search answer context document "
+          "evidence language vector index candidate score order list token").split()
+
+
+@dataclass
+class Diagnosis:
+    cpu: CpuInfo
+    build: LlamaBuild
+    checks: dict[str, dict[str, CanaryRun]]  # path -> family -> run
+    chosen: CpuPath
+    working: list[str]  # paths on which every family decoded
+
+    def to_dict(self) -> dict:
+        return {
+            "cpu": {"model": self.cpu.model, "logical_cpus": self.cpu.logical_cpus,
+                    "usable_cpus": self.cpu.usable_cpus, "flags": self.cpu.notable_flags},
+            "llama_cpp": {"llama_cpp_python": self.build.llama_cpp_python,
+                          "compiler": self.build.compiler,
+                          "library": str(self.build.library),
+                          "cpu_features": self.build.cpu_features,
+                          "extra_buffer_types": list(self.build.extra_buffer_types),
+                          "system_info": self.build.system_info},
+            "checks": {path: {family: {"ok": run.ok, "detail": run.detail,
+                                       "seconds": round(run.seconds, 3)}
+                              for family, run in runs.items()}
+                       for path, runs in self.checks.items()},
+            "path": {"name": self.chosen.name, "reason": self.chosen.reason},
+            "working_paths": self.working,
+        }
+
+
+def diagnose(folder: Path, *, cpu: CpuInfo | None = None, build: LlamaBuild | None = None,
+             runner: Runner | None = None, record: bool = True) -> Diagnosis:
+    """Decode every weight family on the plain path and on this build's extra-buffer path,
+    each in a child process; record the extra path's verdict; then choose as `auto` would.
+
+    `cpu`, `build` and `runner` are parameters so tests can put an "AMX present" build
+    and a crashing child in front of the same logic.
+    """
+    cpu = cpu or read_cpu_info()
+    build = build or read_llama_build()
+    runner = runner or run_canary
+    models = write_canary_models(folder)
+    checks = {"plain": run_families(models, "plain", runner)}
+    extra = extra_path_name(build.extra_buffer_types)
+    if extra is not None:
+        checks[extra] = compare_with_reference(run_families(models, extra, runner),
+                                               checks["plain"])
+        failure = first_failure(checks[extra])
+        if record:
+            save_verdict(machine_key(cpu, build), extra, failure is None,
+                         failure or "every weight family decoded and matched plain")
+    working = [path for path, runs in checks.items() if first_failure(runs) is None]
+    return Diagnosis(cpu, build, checks, resolve_cpu_path(), working)
+
+
+def _time_request(model: Path, threads: int | None) -> dict:
+    from reranker import Reranker
+
+    documents = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(50)) + "."
+                 for i in range(10)]
+    started = time.perf_counter()
+    with Reranker(model, n_threads=threads) as ranker:
+        loaded = time.perf_counter()
+        scored = ranker.score("how are candidate passages ordered by relevance", documents)
+        done = time.perf_counter()
+    return {"model": str(model), "load_seconds": round(loaded - started, 3),
+            "request_seconds": round(done - loaded, 3), "tokens": scored.total_tokens,
+            "documents": len(documents), "path": ranker.cpu_path.name}
+
+
+def _report(diagnosis: Diagnosis) -> list[str]:
+    cpu, build = diagnosis.cpu, diagnosis.build
+    flags = ", ".join(f"{name} {'yes' if present else 'no'}"
+                      for name, present in cpu.notable_flags.items())
+    lines = [
+        f"{'cpu:':12}{cpu.model} ({cpu.usable_cpus} of {cpu.logical_cpus} CPUs usable)",
+        f"{'flags:':12}{flags}",
+        f"{'llama.cpp:':12}llama-cpp-python {build.llama_cpp_python}, compiler: "
+        f"{build.compiler or 'not recorded in the library'}",
+        f"{'built with:':12}" + (", ".join(f"{k}={v}" for k, v in build.cpu_features.items())
+                                 or "unknown"),
+        f"{'buffers:':12}" + (", ".join(build.extra_buffer_types) or "none (no extra types)"),
+        "",
+        "decode checks (a tiny model per weight family, each in a child process):",
+    ]
+    families = list(FAMILIES)
+    lines.append(f"  {'path':8}" + "".join(f"{family:>12}" for family in families))
+    for path, runs in diagnosis.checks.items():
+        cells = []
+        for family in families:
+            run = runs[family]
+            cells.append(f"{'ok' if run.ok else 'FAILED':>12}")
+        lines.append(f"  {path:8}" + "".join(cells))
+    for path, runs in diagnosis.checks.items():
+        for family, run in runs.items():
+            if not run.ok:
+                lines.append(f"  {path} {family}: {run.detail} -> using {diagnosis.chosen.name}")
+    lines += ["", f"{'path:':12}{diagnosis.chosen.name} ({diagnosis.chosen.reason})"]
+    if not diagnosis.working:
+        lines.append("no path decodes every weight family on this machine: report the lines "
+                     "above with the llama-cpp-python build (see README, Supported CPUs)")
+    elif diagnosis.chosen.name not in diagnosis.working:
+        lines.append(f"warning: the chosen path {diagnosis.chosen.name} failed a check above; "
+                     f"unset the override or use one of: {', '.join(diagnosis.working)}")
+    return lines
+
+
+@click.command()
+@click.option("--model", "-m", "model", help="Also time one real request (10 documents of "
+              "50 words) on this GGUF file, directory or model name.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for --model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON.")
+def doctor(model: str | None, threads: int | None, as_json: bool) -> None:
+    """Check this machine: CPU, llama.cpp build, and which weight layout is safe and used.
+
+    Prints the CPU and its flags (AVX2, AVX-512, VNNI, BF16, AMX), the llama-cpp-python
+    build (compiler, features, extra buffer types), then decodes a tiny model of each
+    weight family (float, q8_0, k-quant, iq4) on each available path in a child process,
+    so a crashing kernel becomes a line of this report. The outcome for the AMX or repack
+    path is recorded (per build and CPU, in the cache directory) and `auto` follows it.
+    Exits non-zero only if no path decodes every family.
+
+    \b
+    Examples:
+      reranker-cli doctor
+      reranker-cli doctor --model models/jina-reranker-v3-q8_0.gguf --json
+    """
+    model_path = None
+    with friendly_errors():
+        if model is not None:  # a wrong name is reported before the checks run
+            model_path = resolve_model_file(resolve_model(model))
+        with tempfile.TemporaryDirectory(prefix="reranker-doctor-") as folder:
+            diagnosis = diagnose(Path(folder))
+    timing = None
+    if model_path is not None:
+        if diagnosis.chosen.name not in diagnosis.working:
+            raise click.ClickException(f"not timing {model_path}: the chosen path "
+                                       f"{diagnosis.chosen.name} failed a decode check")
+        with friendly_errors():
+            timing = _time_request(model_path, threads)
+    if as_json:
+        out = diagnosis.to_dict()
+        out["verdicts_file"] = str(verdicts_file())
+        if timing:
+            out["request"] = timing
+        click.echo(json.dumps(out, indent=2))
+    else:
+        for line in _report(diagnosis):
+            click.echo(line)
+        if diagnosis.build.extra_buffer_types:
+            click.echo(f"{'recorded:':12}{verdicts_file()}")
+        if timing:
+            click.echo(f"{'request:':12}{timing['documents']} documents, {timing['tokens']} "
+                       f"tokens in {timing['request_seconds']:.2f} s on {timing['path']} "
+                       f"(load {timing['load_seconds']:.2f} s)")
+    if not diagnosis.working:
+        raise SystemExit(1)

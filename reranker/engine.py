@@ -103,20 +103,27 @@ class LlamaEngine:
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text`, with special-token parsing off (control text stays text)."""
         data = text.encode("utf-8")
-        capacity = len(data) + 16
-        buf = (self._llama.llama_token * capacity)()
-        n = self._llama.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, False)
-        if n < 0:  # cannot happen for byte-level BPE, but llama.cpp reports it this way
-            capacity = -n
-            buf = (self._llama.llama_token * capacity)()
-            n = self._llama.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, False)
+        llama = self._llama
+
+        def call(capacity: int) -> tuple[int, ctypes.Array]:
+            buf = (llama.llama_token * capacity)()
+            return llama.llama_tokenize(self._vocab, data, len(data), buf, capacity,
+                                        False, False), buf
+        # Byte-level BPE gives at most one token per byte, so this first size always fits.
+        n, buf = _fill(call, len(data) + 16, "llama_tokenize")
         return list(buf[:n])
 
     def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of `tokens`, as bytes decoded with U+FFFD for a cut-off character."""
         arr = (self._llama.llama_token * len(tokens))(*tokens)
-        capacity = 16 * len(tokens) + 16
-        buf = ctypes.create_string_buffer(capacity)
-        n = self._llama.llama_detokenize(self._vocab, arr, len(tokens), buf, capacity, False, False)
+
+        def call(capacity: int) -> tuple[int, ctypes.Array]:
+            buf = ctypes.create_string_buffer(capacity)
+            return self._llama.llama_detokenize(self._vocab, arr, len(tokens), buf, capacity,
+                                                False, False), buf
+        # A guess that fits ordinary text; a token can be far longer (Qwen has single
+        # tokens of 64+ "=" or spaces), and then llama.cpp answers with the size it needs.
+        n, buf = _fill(call, 16 * len(tokens) + 16, "llama_detokenize")
         return buf.raw[:n].decode("utf-8", errors="replace")
 
     def special_token_id(self, text: str) -> int:
@@ -259,6 +266,22 @@ class LlamaEngine:
             self.close()
         except Exception:
             pass
+
+
+def _fill(call, capacity: int, name: str) -> tuple[int, ctypes.Array]:
+    """`call(capacity)` -> (n, buffer), retried once at the size llama.cpp asks for.
+
+    llama_tokenize and llama_detokenize return -(the size needed) when the buffer is
+    too small, having written only part of the answer; reading that part as the whole
+    once made long documents score as "".
+    """
+    n, buf = call(capacity)
+    if n < 0:
+        n, buf = call(-n)
+    if n < 0:  # the size it asked for did not fit either: never read a partial answer
+        raise RerankerError(f"{name} asked for {-n} entries after being given the size "
+                            "it asked for; the text cannot be converted")
+    return n, buf
 
 
 def _slices(start: int, stop: int, most: int) -> list[tuple[int, int]]:

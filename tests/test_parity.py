@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from reranker import Reranker
-from texts import MULTILINGUAL
+from texts import LONG_TOKENS, MULTILINGUAL
 
 QUERY = "What is the capital of France?"
 SIXTEEN = [f"Passage {i}: city number {i * 37} lies on river {i % 5}; population {i * 1000}."
@@ -66,8 +66,11 @@ def test_truncated_documents_and_query(converted, reference):
     np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
 
 
-def test_default_document_limit_truncates_at_2048_tokens(ranker_for, reference):
-    long_doc = " ".join(f"token{i}" for i in range(1500))  # well over 2048 tokens
+@pytest.mark.parametrize("long_doc", [
+    " ".join(f"token{i}" for i in range(1500)),  # well over 2048 tokens
+    LONG_TOKENS["padded table"],  # and over 16 bytes a token: once cut to ""
+], ids=["words", "padded table"])
+def test_default_document_limit_truncates_at_2048_tokens(ranker_for, reference, long_doc):
     ranker = ranker_for("f32")
     assert ranker.count_tokens(long_doc) > 2048
     ours = ranker.score(QUERY, [long_doc, "short"]).scores

@@ -7,7 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from reranker import InputTooLongError, ModelFileError, Reranker
+from reranker import InputTooLongError, ModelFileError, Reranker, RerankerError
+from texts import LONG_TOKENS
 
 DOCS = ["Paris is the capital of France.", "", "Berlin is the capital of Germany.",
         "Bananas are yellow."]
@@ -250,3 +251,63 @@ def test_decode_slices_cover_the_prompt_within_one_micro_batch_each(start, stop,
     assert all(0 < b - a <= most for a, b in slices)
     if len(slices) > 1 and most >= 64:
         assert min(b - a for a, b in slices) >= 64
+
+
+@pytest.mark.parametrize("name", LONG_TOKENS)
+def test_truncating_long_tokens_keeps_a_prefix_of_the_text(ranker_for, reference, name):
+    """A cut text is the published cut (tokenizers' decode of the first ids), never "".
+
+    Each text averages over 16 bytes a token, more than the first buffer llama_detokenize
+    is given, so every cut at 512 and 2,048 tokens goes through llama.cpp's "buffer too
+    small" answer. Re-tokenizing a cut gives the limit within two tokens, not always
+    exactly, because BPE of a cut text is not the cut of the text's BPE: a whitespace run
+    whose last space belonged to the next word merges back into one token (one fewer),
+    and a character cut between its byte tokens decodes to U+FFFD, which is a token of
+    its own or merges with a space before it (one more or up to two fewer).
+    """
+    ranker = ranker_for("q8_0")
+    text = LONG_TOKENS[name]
+    ids = ranker._encode(text)
+    assert ids == reference.tokenizer.encode(text).ids and len(ids) > 2048
+    for limit in [*range(1, 150), 511, 512, 2047, 2048]:
+        cut = ranker._engine.detokenize(ids[:limit])
+        assert cut == reference.tokenizer.decode(ids[:limit], skip_special_tokens=False)
+        assert cut and text.startswith(cut.removesuffix("\ufffd"))
+        assert abs(len(ranker._encode(cut)) - limit) <= 2, (limit, cut[-20:])
+    assert len(ranker._engine.detokenize(ids[:512]).encode()) > 16 * 512
+    # And through the Reranker's own limits, as a query and as a document.
+    for limit in (ranker.max_query_tokens, ranker.max_doc_tokens):
+        assert ranker._truncate(text, limit) == (reference._truncate(text, limit)[0], limit)
+
+
+def test_a_long_token_document_is_scored_on_its_text(ranker_for, reference):
+    # Before llama.cpp's "buffer too small" answer was heeded, this document was scored as "".
+    ranker = ranker_for("f32")
+    rule = LONG_TOKENS["rules between CJK"]
+    cut, _ = reference._truncate(rule, ranker.max_doc_tokens)
+    scored, expected, empty = (ranker.score("q", [doc, "short"]).scores for doc in (rule, cut, ""))
+    np.testing.assert_allclose(scored, expected, atol=1e-6, rtol=0)
+    assert np.abs(scored - empty).max() > 1e-3
+
+
+@pytest.mark.parametrize("needed", [1, 17, 4096])
+def test_a_buffer_too_small_is_grown_to_what_llama_cpp_asks(needed):
+    # llama_tokenize and llama_detokenize answer -(size needed) and write a partial
+    # answer; byte-level BPE never makes tokenize do it, so the protocol is tested here.
+    from reranker.engine import _fill
+
+    sizes = []
+
+    def call(capacity):
+        sizes.append(capacity)
+        return (needed if capacity >= needed else -needed), bytearray(capacity)
+    n, buf = _fill(call, 16, "llama_detokenize")
+    assert n == needed and len(buf) >= needed
+    assert sizes == ([16] if needed <= 16 else [16, needed])
+
+
+def test_a_buffer_that_never_fits_is_an_error_not_a_partial_answer():
+    from reranker.engine import _fill
+
+    with pytest.raises(RerankerError, match="llama_tokenize asked for 10 entries"):
+        _fill(lambda capacity: (-capacity - 1, bytearray(capacity)), 8, "llama_tokenize")

@@ -18,3 +18,17 @@ MULTILINGUAL = [
 ]
 
 MARKER_STRINGS = ["<|embed_token|>", "<|rerank_token|>", "<|im_start|>", "<|im_end|>", "<think>"]
+
+# Texts whose tokens average more than 16 bytes (Qwen has single tokens of up to 80 "=",
+# 96 "-" and 128 spaces), each over 2,048 tokens: rules, padded tables and whitespace runs,
+# alone and between other scripts, so a cut lands inside or beside each kind of token.
+LONG_TOKENS = {
+    "equals rule": "=" * 140_000,
+    "space run": "a" + " " * 270_000 + "b",
+    "dashed lines": ("-" * 96 + "\n") * 2_100,
+    "padded table": ("| cell" + " " * 120 + "| 北京" + " " * 120 + "|\n") * 700,
+    "rules between CJK": ("=" * 80 + "北京是中华人民共和国的首都") * 700,
+    "rules between emoji": ("-" * 300 + "👨‍👩‍👧🇫🇷😀") * 300,
+    "rules between Arabic": ("=" * 160 + " القاهرة هي عاصمة مصر ") * 500,
+    "whitespace between Devanagari": ("\t" * 20 + " " * 250 + "नई दिल्ली") * 300,
+}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +136,7 @@ class Reranker:
                return_embeddings: bool = False) -> list[RerankResult]:
         """Documents sorted by relevance, best first; the caller's list is not changed."""
         _check_top_n(top_n)
-        docs = list(documents)
+        docs = _document_list(documents)
         scored = self.score(query, docs, instruction=instruction)
         return rank_scores(scored, docs, top_n=top_n, return_embeddings=return_embeddings)
 
@@ -146,10 +146,7 @@ class Reranker:
         _check_text("query", query)
         if instruction is not None:
             _check_text("instruction", instruction)
-        docs = list(documents)
-        for i, doc in enumerate(docs):
-            if not isinstance(doc, str):
-                raise TypeError(f"documents[{i}] is {type(doc).__name__}; expected str")
+        docs = _document_list(documents)
         out_dim = self.projector.second.shape[0]
         if not docs:
             return Scores(np.zeros(0), np.zeros((0, out_dim)), np.zeros(out_dim), 0, 0)
@@ -262,6 +259,34 @@ def rank_scores(scored: Scores, documents: Sequence[str], *, top_n: int | None =
 def _check_top_n(top_n) -> None:
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
         raise ValueError(f"top_n must be a non-negative integer or None, got {top_n!r}")
+
+
+def _document_list(documents) -> list[str]:
+    """`documents` as a new list of str, refusing what is not an ordered collection of texts.
+
+    Iterating a str (or bytes) would rank its characters, a mapping its keys, and a set
+    gives the results' indices an order the caller never saw; each is a mistake, so each
+    raises. Any other iterable of str is accepted, a generator included (read once).
+    """
+    if isinstance(documents, (str, bytes, bytearray, memoryview)):
+        hint = "; to rank one text, pass [text]"
+    elif isinstance(documents, Mapping):
+        hint = "; to rank its values, pass list(documents.values())"
+    elif isinstance(documents, Set):
+        hint = "; a set has no order for the result indices to refer to, pass a list"
+    else:
+        try:
+            items = iter(documents)
+        except TypeError:  # None, a number...
+            hint = ""
+        else:
+            docs = list(items)
+            for i, doc in enumerate(docs):
+                if not isinstance(doc, str):
+                    raise TypeError(f"documents[{i}] is {type(doc).__name__}; expected str")
+            return docs
+    raise TypeError(f"documents is {type(documents).__name__}; expected a sequence of str "
+                    f"(a list or tuple of texts){hint}")
 
 
 def _check_text(name: str, value) -> None:

@@ -57,6 +57,27 @@ def test_non_string_document_names_its_index(ranker_for):
         ranker_for("q8_0").rerank(None, ["a"])
 
 
+@pytest.mark.parametrize("method", ["rerank", "score"])
+@pytest.mark.parametrize("documents,named", [
+    ("abc", "str"), ("", "str"), (b"abc", "bytes"), (bytearray(b"abc"), "bytearray"),
+    ({"a": "doc"}, "dict"), ({"doc a", "doc b"}, "set"), (frozenset({"doc"}), "frozenset"),
+    (3, "int"), (None, "NoneType")])
+def test_documents_must_be_an_ordered_collection_of_texts(ranker_for, method, documents, named):
+    # A str would be ranked as its characters, a dict as its keys, a set in no stated order.
+    with pytest.raises(TypeError, match=rf"documents is {named}; expected a sequence of str"):
+        getattr(ranker_for("q8_0"), method)("q", documents)
+
+
+def test_tuples_and_generators_of_texts_are_documents(ranker_for):
+    ranker = ranker_for("q8_0")
+    expected = ranker.score("q", DOCS).scores
+    np.testing.assert_array_equal(ranker.score("q", tuple(DOCS)).scores, expected)
+    np.testing.assert_array_equal(ranker.score("q", (d for d in DOCS)).scores, expected)
+    results = ranker.rerank("q", (d for d in DOCS))  # read once, indices in its order
+    assert [r.document for r in results] == [DOCS[r.index] for r in results]
+    assert sorted(r.index for r in results) == list(range(len(DOCS)))
+
+
 def test_query_too_long_for_any_document(converted):
     with Reranker(converted("q8_0"), n_threads=2, max_context=256) as ranker:
         with pytest.raises(InputTooLongError, match="capped at 256"):

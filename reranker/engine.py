@@ -18,7 +18,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from reranker.cpu_path import resolve_cpu_path
-from reranker.errors import InputTooLongError, ModelFileError, RerankerError
+from reranker.errors import (InputTooLongError, ModelFileError, RerankerClosedError,
+                             RerankerError)
 from reranker.ggml_tensors import copy_f32_rows, tensor_name
 from reranker.llama_logging import route_llama_logs
 
@@ -109,8 +110,10 @@ class LlamaEngine:
             buf = (llama.llama_token * capacity)()
             return llama.llama_tokenize(self._vocab, data, len(data), buf, capacity,
                                         False, False), buf
-        # Byte-level BPE gives at most one token per byte, so this first size always fits.
-        n, buf = _fill(call, len(data) + 16, "llama_tokenize")
+        with self._lock:
+            self._check_open()
+            # Byte-level BPE gives at most one token per byte, so this first size always fits.
+            n, buf = _fill(call, len(data) + 16, "llama_tokenize")
         return list(buf[:n])
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -121,16 +124,20 @@ class LlamaEngine:
             buf = ctypes.create_string_buffer(capacity)
             return self._llama.llama_detokenize(self._vocab, arr, len(tokens), buf, capacity,
                                                 False, False), buf
-        # A guess that fits ordinary text; a token can be far longer (Qwen has single
-        # tokens of 64+ "=" or spaces), and then llama.cpp answers with the size it needs.
-        n, buf = _fill(call, 16 * len(tokens) + 16, "llama_detokenize")
+        with self._lock:
+            self._check_open()
+            # A guess that fits ordinary text; a token can be far longer (Qwen has single
+            # tokens of 64+ "=" or spaces), and then llama.cpp answers with the size it needs.
+            n, buf = _fill(call, 16 * len(tokens) + 16, "llama_detokenize")
         return buf.raw[:n].decode("utf-8", errors="replace")
 
     def special_token_id(self, text: str) -> int:
         """The id of a control token, looked up in the model's own vocabulary."""
         data = text.encode("utf-8")
         buf = (self._llama.llama_token * 8)()
-        n = self._llama.llama_tokenize(self._vocab, data, len(data), buf, 8, False, True)
+        with self._lock:
+            self._check_open()
+            n = self._llama.llama_tokenize(self._vocab, data, len(data), buf, 8, False, True)
         if n != 1:
             raise ModelFileError(f"{self.model_path}: the vocabulary has no token {text}")
         return buf[0]
@@ -162,6 +169,7 @@ class LlamaEngine:
         wanted = np.zeros(n, dtype=np.int8)
         wanted[positions] = 1
         with self._lock:
+            self._check_open()
             self._ensure_context(n)
             reused = self._reuse_prefix(tokens, positions[0])
             self._captured = []
@@ -254,7 +262,18 @@ class LlamaEngine:
             self._llama.llama_free(self._ctx)
             self._ctx, self._ctx_size = None, 0
 
+    def _check_open(self) -> None:
+        """Called with the lock held by every call that touches llama.cpp's objects.
+
+        `close()` takes the same lock to free them, so it waits for a running call, and
+        a call after it raises here instead of using the freed model or vocabulary.
+        """
+        if self._model is None:
+            raise RerankerClosedError(f"this LlamaEngine on {self.model_path.name} was closed "
+                                      "and its llama.cpp model freed; create a new one")
+
     def close(self) -> None:
+        """Free the context and the model once a running call has finished; idempotent."""
         with self._lock:
             self._free_context()
             if self._model is not None:

@@ -12,3 +12,7 @@ class ModelFileError(RerankerError):
 
 class InputTooLongError(RerankerError, ValueError):
     """A query or instruction leaves no room for any document."""
+
+
+class RerankerClosedError(RerankerError):
+    """A call on a Reranker (or LlamaEngine) after `close()`: its llama.cpp objects are freed."""

@@ -12,7 +12,7 @@ from gguf import LlamaFileType
 
 from reranker.blocks import cosine, merge_query_embeddings, plan_blocks
 from reranker.engine import LlamaEngine
-from reranker.errors import InputTooLongError, ModelFileError
+from reranker.errors import InputTooLongError, ModelFileError, RerankerClosedError
 from reranker.gguf_metadata import read_metadata
 from reranker.model_format import (ARCHITECTURE, DOC_MARKER, FLOAT_FILE_TYPES, QUERY_MARKER,
                                    Keys)
@@ -72,7 +72,8 @@ class Reranker:
 
     Calls from several threads are safe: they are serialized on one llama.cpp
     context (decoding already uses every core given to it, so running two at once
-    would not be faster). `close()` (or a `with` block) frees it.
+    would not be faster). `close()` (or leaving a `with` block) waits for a running
+    call, then frees it; any call after that raises RerankerClosedError.
 
     Flash attention defaults to on for quantized files and off for f32/f16/bf16
     ones: llama.cpp's CPU kernel computes it in f16, which moved f32 scores by 2e-4
@@ -129,6 +130,7 @@ class Reranker:
         self.projector.check_hidden_size(self._engine.hidden_size)
         self._control_ids = {t: self._engine.special_token_id(t) for t in CONTROL_TOKENS}
         self._lock = threading.Lock()
+        self._closed = False
 
     # -- public API -------------------------------------------------------------
     def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
@@ -147,25 +149,40 @@ class Reranker:
         if instruction is not None:
             _check_text("instruction", instruction)
         docs = _document_list(documents)
-        out_dim = self.projector.second.shape[0]
-        if not docs:
-            return Scores(np.zeros(0), np.zeros((0, out_dim)), np.zeros(out_dim), 0, 0)
         with self._lock:
+            self._check_open()  # an empty list too: a closed Reranker answers nothing
+            if not docs:
+                out_dim = self.projector.second.shape[0]
+                return Scores(np.zeros(0), np.zeros((0, out_dim)), np.zeros(out_dim), 0, 0)
             return self._score(query, docs, instruction)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._encode(text))
+        with self._lock:  # so that close() cannot free the vocabulary meanwhile
+            self._check_open()
+            return len(self._encode(text))
 
     def close(self) -> None:
-        self._engine.close()
+        """Free llama.cpp's model and context, once a call running in another thread ends.
+
+        Idempotent. Every call after it raises RerankerClosedError.
+        """
+        with self._lock:
+            self._closed = True
+            self._engine.close()
 
     def __enter__(self) -> Reranker:
+        self._check_open()
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     # -- internals -------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RerankerClosedError(f"this Reranker ({self.model_path.name}) was closed; "
+                                      "create a new Reranker to score again")
+
     def _encode(self, text: str) -> list[int]:
         # The Hugging Face tokenizer NFC-normalizes before splitting; llama.cpp does not.
         return self._engine.tokenize(unicodedata.normalize("NFC", text))

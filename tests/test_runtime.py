@@ -1,13 +1,19 @@
 """The Reranker's API contract: results, bad input, model files, threads."""
 from __future__ import annotations
 
+import json
+import os
 import struct
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reranker import InputTooLongError, ModelFileError, Reranker, RerankerError
+from reranker import (InputTooLongError, ModelFileError, Reranker, RerankerClosedError,
+                      RerankerError)
 from texts import LONG_TOKENS
 
 DOCS = ["Paris is the capital of France.", "", "Berlin is the capital of Germany.",
@@ -172,6 +178,139 @@ def test_concurrent_calls_equal_serial_calls(ranker_for):
     assert not errors
     for q in queries:
         np.testing.assert_array_equal(results[q], serial[q])
+
+
+CLOSED = "Reranker .* was closed; create a new Reranker"
+
+
+def test_every_call_after_close_raises_a_closed_error(converted):
+    ranker = Reranker(converted("q8_0"), n_threads=2)
+    engine = ranker._engine
+    ranker.close()
+    calls = [lambda: ranker.rerank("q", ["a"]), lambda: ranker.rerank("q", []),
+             lambda: ranker.score("q", ["a"]), lambda: ranker.score("q", []),
+             lambda: ranker.count_tokens("a")]
+    for call in calls:
+        with pytest.raises(RerankerClosedError, match=CLOSED):
+            call()
+    with pytest.raises(RerankerClosedError, match=CLOSED):
+        with ranker:
+            pass
+    ranker.close()  # idempotent
+    # The engine, used directly, refuses too rather than touch its freed model.
+    engine_calls = [lambda: engine.tokenize("a"), lambda: engine.detokenize([64]),
+                    lambda: engine.special_token_id("<|im_end|>"),
+                    lambda: engine.hidden_states([64, 65], [1])]
+    for call in engine_calls:
+        with pytest.raises(RerankerClosedError, match="LlamaEngine on .* was closed"):
+            call()
+    engine.close()
+    assert issubclass(RerankerClosedError, RerankerError)
+
+
+def test_a_with_block_closes_the_reranker_even_on_an_error(converted):
+    with Reranker(converted("q8_0"), n_threads=2) as ranker:
+        assert len(ranker.rerank("q", ["a", "b"])) == 2
+    with pytest.raises(RerankerClosedError, match=CLOSED):
+        ranker.rerank("q", ["a"])
+    with pytest.raises(KeyError):
+        with Reranker(converted("q8_0"), n_threads=2) as ranker:
+            raise KeyError("the caller's own error")
+    with pytest.raises(RerankerClosedError, match=CLOSED):
+        ranker.count_tokens("a")
+
+
+def _run_child(script: str, *args) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter on this checkout: a segfault there is an exit code
+    (-11) to assert on instead of the end of the test session."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+CLOSE_DURING_RERANK = """
+import json, sys, threading, time
+from reranker import Reranker, RerankerClosedError
+
+ranker = Reranker(sys.argv[1], n_threads=1)
+engine, events = ranker._engine, []
+inside = threading.Event()
+decode = engine.hidden_states
+
+def slow_decode(*args):
+    inside.set()
+    time.sleep(0.5)  # close() is called in the meantime
+    return decode(*args)
+engine.hidden_states = slow_decode
+
+def work():
+    events.append(["rerank returned", len(ranker.rerank("q", ["alpha", "beta"]))])
+
+thread = threading.Thread(target=work)
+thread.start()
+inside.wait()
+ranker.close()
+events.append(["close returned", None])
+thread.join()
+try:
+    ranker.rerank("q", ["alpha"])
+except RerankerClosedError as error:
+    events.append(["next call raised", str(error)])
+print(json.dumps(events))
+"""
+
+
+def test_close_waits_for_a_running_rerank(converted):
+    """close() from another thread while a rerank decodes: the rerank returns its results,
+    close() returns after it, the next call raises. Run in a child process, where a use of
+    freed llama.cpp objects (which this once was) kills only the child."""
+    child = _run_child(CLOSE_DURING_RERANK, converted("q8_0"))
+    assert child.returncode == 0, child.stderr[-2000:]
+    events = json.loads(child.stdout.splitlines()[-1])
+    assert [e[0] for e in events] == ["rerank returned", "close returned", "next call raised"]
+    assert events[0][1] == 2
+    assert "was closed; create a new Reranker" in events[2][1]
+
+
+CLOSE_AT_RANDOM_POINTS = """
+import random, sys, threading, time
+from reranker import Reranker, RerankerClosedError
+
+random.seed(0)
+for attempt in range(8):
+    ranker = Reranker(sys.argv[1], n_threads=1)
+    engine, outcomes = ranker._engine, []
+
+    def loop(call):
+        try:
+            for _ in range(10_000):
+                call()
+        except RerankerClosedError:
+            outcomes.append("closed")
+    workers = [threading.Thread(target=loop, args=(call,)) for call in (
+        lambda: ranker.rerank("q", ["alpha " * 40, "beta", "gamma " * 20]),
+        lambda: ranker.count_tokens("some text to count"),
+        lambda: engine.detokenize(engine.tokenize("straight to the engine")))]
+    for w in workers:
+        w.start()
+    time.sleep(random.uniform(0.0, 0.3))
+    ranker.close()
+    for w in workers:
+        w.join()
+    assert outcomes == ["closed"] * 3, outcomes
+print("ok")
+"""
+
+
+def test_close_at_any_point_of_concurrent_calls_never_crashes(converted):
+    """Three threads call the Reranker and its engine in a loop while close() comes at a
+    random moment, eight times: each loop must end with RerankerClosedError, never a crash.
+    Run in a child process so that a segfault fails this test instead of killing pytest."""
+    child = _run_child(CLOSE_AT_RANDOM_POINTS, converted("q8_0"))
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    assert child.stdout.strip() == "ok"
 
 
 def test_llama_cpp_logs_are_silent_by_default(converted, capfd):

@@ -120,7 +120,13 @@ def resolve_cpu_path(requested: str | None = None) -> CpuPath:
         if requested == "auto":
             source = "default"
     requested = requested.strip().lower()
-    build = read_llama_build()
+    try:
+        build = read_llama_build()
+    except OSError as error:  # a llama.cpp packaged in a way not foreseen here
+        if requested in ("auto", "plain"):
+            return CpuPath("plain", f"the llama.cpp build could not be read ({error})")
+        raise CpuPathError(f"CPU path {requested!r} (from {source}) needs to know the "
+                           f"llama.cpp build, which could not be read ({error})") from None
     verdict = None
     if requested == "auto" and build.extra_buffer_types:
         verdict = load_verdict(machine_key(read_cpu_info(), build))

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from reranker.ggml_tensors import ggml_library
+
 # The /proc/cpuinfo flags that decide which ggml kernels can run, in the order shown.
 NOTABLE_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
                  "amx_tile", "amx_int8", "amx_bf16")
@@ -93,21 +95,13 @@ class _Feature(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_char_p)]
 
 
-def _library(lib_dir: Path, stem: str) -> Path:
-    found = sorted(lib_dir.glob(f"lib{stem}.*")) + sorted(lib_dir.glob(f"{stem}.*"))
-    if not found:
-        raise OSError(f"{stem} was not found in {lib_dir}")
-    return found[0]
-
-
 @functools.lru_cache(maxsize=1)
 def read_llama_build() -> LlamaBuild:
     """Ask the loaded ggml which CPU features and extra buffer types it has (cached)."""
     import llama_cpp
 
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    ggml = ctypes.CDLL(str(_library(lib_dir, "ggml")))
-    base = ctypes.CDLL(str(_library(lib_dir, "ggml-base")))
+    ggml = ctypes.CDLL(str(ggml_library("ggml")))
+    base = ctypes.CDLL(str(ggml_library("ggml-base")))
     ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
     ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
     ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
@@ -139,8 +133,10 @@ def read_llama_build() -> LlamaBuild:
             while types and types[i]:
                 buffers.append(base.ggml_backend_buft_name(types[i]).decode())
                 i += 1
-    cpu_library = _library(lib_dir, "ggml-cpu") if list(lib_dir.glob("*ggml-cpu*")) \
-        else _library(lib_dir, "ggml")
+    try:
+        cpu_library = ggml_library("ggml-cpu")
+    except OSError:  # a build with the CPU backend inside libggml
+        cpu_library = ggml_library("ggml")
     try:
         version = metadata.version("llama_cpp_python")
     except metadata.PackageNotFoundError:

@@ -7,20 +7,35 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
 
 
-@functools.lru_cache(maxsize=1)
-def _ggml_base() -> ctypes.CDLL:
+def llama_library_dir() -> Path:
+    """Where llama-cpp-python loads llama.cpp from: $LLAMA_CPP_LIB_PATH (a build of one's
+    own, as llama-cpp-python itself honours it) or the libraries it ships."""
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")
+    if override:
+        return Path(override)
     import llama_cpp
 
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    candidates = sorted(lib_dir.glob("libggml-base.*")) + sorted(lib_dir.glob("ggml-base.*"))
-    if not candidates:
-        raise OSError(f"libggml-base was not found in {lib_dir}")
-    lib = ctypes.CDLL(str(candidates[0]))
+    return Path(llama_cpp.__file__).parent / "lib"
+
+
+def ggml_library(stem: str) -> Path:
+    """The shared library `stem` ("ggml", "ggml-base", "ggml-cpu"...) next to libllama."""
+    lib_dir = llama_library_dir()
+    found = sorted(lib_dir.glob(f"lib{stem}.*")) + sorted(lib_dir.glob(f"{stem}.*"))
+    if not found:
+        raise OSError(f"{stem} was not found in {lib_dir}")
+    return found[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _ggml_base() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(ggml_library("ggml-base")))
     lib.ggml_get_name.argtypes = [ctypes.c_void_p]
     lib.ggml_get_name.restype = ctypes.c_char_p
     lib.ggml_nbytes.argtypes = [ctypes.c_void_p]

@@ -30,6 +30,7 @@ class Diagnosis:
     checks: dict[str, dict[str, CanaryRun]]  # path -> family -> run
     chosen: CpuPath
     working: list[str]  # paths on which every family decoded
+    record_error: str | None = None  # why the outcome could not be recorded
 
     def to_dict(self) -> dict:
         return {
@@ -47,6 +48,7 @@ class Diagnosis:
                        for path, runs in self.checks.items()},
             "path": {"name": self.chosen.name, "reason": self.chosen.reason},
             "working_paths": self.working,
+            "record_error": self.record_error,
         }
 
 
@@ -61,6 +63,7 @@ def diagnose(folder: Path, *, cpu: CpuInfo | None = None, build: LlamaBuild | No
     cpu = cpu or read_cpu_info()
     build = build or read_llama_build()
     runner = runner or run_canary
+    record_error = None
     models = write_canary_models(folder)
     checks = {"plain": run_families(models, "plain", runner)}
     extra = extra_path_name(build.extra_buffer_types)
@@ -69,10 +72,13 @@ def diagnose(folder: Path, *, cpu: CpuInfo | None = None, build: LlamaBuild | No
                                                checks["plain"])
         failure = first_failure(checks[extra])
         if record:
-            save_verdict(machine_key(cpu, build), extra, failure is None,
-                         failure or "every weight family decoded and matched plain")
+            try:
+                save_verdict(machine_key(cpu, build), extra, failure is None,
+                             failure or "every weight family decoded and matched plain")
+            except OSError as error:  # the report is still worth printing
+                record_error = f"could not record the outcome in {verdicts_file()}: {error}"
     working = [path for path, runs in checks.items() if first_failure(runs) is None]
-    return Diagnosis(cpu, build, checks, resolve_cpu_path(), working)
+    return Diagnosis(cpu, build, checks, resolve_cpu_path(), working, record_error)
 
 
 def _time_request(model: Path, threads: int | None) -> dict:
@@ -169,7 +175,9 @@ def doctor(model: str | None, threads: int | None, as_json: bool) -> None:
     else:
         for line in _report(diagnosis):
             click.echo(line)
-        if diagnosis.build.extra_buffer_types:
+        if diagnosis.record_error:
+            click.echo(f"warning: {diagnosis.record_error}", err=True)
+        elif diagnosis.build.extra_buffer_types:
             click.echo(f"{'recorded:':12}{verdicts_file()}")
         if timing:
             click.echo(f"{'request:':12}{timing['documents']} documents, {timing['tokens']} "

@@ -326,3 +326,35 @@ def test_doctor_times_a_real_request(converted, cache):
     assert request["request_seconds"] > 0 and request["path"] == resolve_cpu_path().name
     done = CliRunner().invoke(cli, ["doctor", "--model", "/nonexistent/model.gguf"])
     assert done.exit_code == 1 and "neither a file nor a directory" in done.output
+
+
+def test_an_unreadable_build_loads_plain_and_refuses_the_other_paths(cache, monkeypatch):
+    def unreadable():
+        raise OSError("ggml-cpu was not found in /opt/llama")
+    monkeypatch.setattr("reranker.cpu_path.read_llama_build", unreadable)
+    chosen = resolve_cpu_path()
+    assert chosen.name == "plain" and "/opt/llama" in chosen.reason
+    with pytest.raises(CpuPathError, match="'repack'.*could not be read"):
+        resolve_cpu_path("repack")
+
+
+def test_the_libraries_are_looked_up_where_llama_cpp_python_loads_them(monkeypatch, tmp_path):
+    from reranker.ggml_tensors import ggml_library, llama_library_dir
+
+    assert ggml_library("ggml-base").parent == llama_library_dir()
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(tmp_path))
+    assert llama_library_dir() == tmp_path
+    with pytest.raises(OSError, match="ggml-cpu was not found in " + str(tmp_path)):
+        ggml_library("ggml-cpu")
+
+
+def test_doctor_still_reports_when_it_cannot_record(tmp_path, monkeypatch, plain_child):
+    blocked = tmp_path / "a-file-where-the-cache-would-go"
+    blocked.write_text("")
+    monkeypatch.setenv("RERANKER_CACHE_DIR", str(blocked))
+    monkeypatch.setattr("reranker_cli.doctor_command.run_canary", plain_child)
+    done = CliRunner().invoke(cli, ["doctor"])
+    assert done.exit_code == 0, done.output
+    assert "decode checks" in done.output
+    if read_llama_build().extra_buffer_types:
+        assert "warning: could not record the outcome" in done.output

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,25 @@ ARCHITECTURE_NAME = "JinaForRanking"
 REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads",
                    "num_key_value_heads", "intermediate_size", "rms_norm_eps",
                    "rope_theta", "vocab_size")
+
+
+def _positive_int(config: dict, key: str, path: Path, default: int | None = None) -> int:
+    # Counts and sizes: 0 divides by zero, a negative or fractional one makes nonsense
+    # shapes, and a string or null would fail far from the file that holds it.
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{path}: {key} is {json.dumps(value)}; expected a positive "
+                              "integer")
+    return value
+
+
+def _positive_number(config: dict, key: str, path: Path) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"{path}: {key} is {json.dumps(value)}; expected a positive "
+                              "number")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -35,19 +55,30 @@ class ModelShape:
         missing = [k for k in REQUIRED_CONFIG if k not in config]
         if missing:
             raise CheckpointError(f"{path}: missing {', '.join(missing)}")
-        heads = int(config["num_attention_heads"])
-        hidden = int(config["hidden_size"])
+        hidden, heads = _positive_int(config, "hidden_size", path), _positive_int(
+            config, "num_attention_heads", path)
+        kv_heads = _positive_int(config, "num_key_value_heads", path)
+        if heads % kv_heads:
+            raise CheckpointError(f"{path}: num_attention_heads ({heads}) is not a multiple of "
+                                  f"num_key_value_heads ({kv_heads})")
+        if config.get("head_dim") is not None:
+            head_dim = _positive_int(config, "head_dim", path)
+        elif hidden % heads:
+            raise CheckpointError(f"{path}: hidden_size ({hidden}) is not a multiple of "
+                                  f"num_attention_heads ({heads}) and no head_dim is given")
+        else:
+            head_dim = hidden // heads
         return cls(
             hidden_size=hidden,
-            layers=int(config["num_hidden_layers"]),
+            layers=_positive_int(config, "num_hidden_layers", path),
             heads=heads,
-            kv_heads=int(config["num_key_value_heads"]),
-            head_dim=int(config.get("head_dim") or hidden // heads),
-            intermediate_size=int(config["intermediate_size"]),
-            vocab_size=int(config["vocab_size"]),
-            rms_norm_eps=float(config["rms_norm_eps"]),
-            rope_theta=float(config["rope_theta"]),
-            context_length=int(config.get("max_position_embeddings", 40960)),
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            intermediate_size=_positive_int(config, "intermediate_size", path),
+            vocab_size=_positive_int(config, "vocab_size", path),
+            rms_norm_eps=_positive_number(config, "rms_norm_eps", path),
+            rope_theta=_positive_number(config, "rope_theta", path),
+            context_length=_positive_int(config, "max_position_embeddings", path, 40960),
         )
 
     def expected_tensors(self, projector: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -125,8 +156,9 @@ def _weight_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index}: no weight_map")
+        if not isinstance(weight_map, dict) or not weight_map \
+                or not all(isinstance(name, str) for name in weight_map.values()):
+            raise CheckpointError(f"{index}: no weight_map of tensor names to file names")
         files = sorted({directory / name for name in weight_map.values()})
         for path in files:
             if not path.is_file():
@@ -151,7 +183,9 @@ def load_checkpoint(directory: Path) -> Checkpoint:
             f"{directory}: no config.json; expected a jina-reranker-v3 checkpoint directory")
     config = _read_json(config_path)
     architectures = config.get("architectures") or []
-    if ARCHITECTURE_NAME not in architectures or config.get("model_type") != "qwen3":
+    # A string would pass the membership test as a substring.
+    if (not isinstance(architectures, list) or ARCHITECTURE_NAME not in architectures
+            or config.get("model_type") != "qwen3"):
         raise CheckpointError(
             f"{config_path}: architectures {architectures} / model_type "
             f"{config.get('model_type')!r}; expected ['{ARCHITECTURE_NAME}'] / 'qwen3' "

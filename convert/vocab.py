@@ -28,14 +28,23 @@ class Vocabulary:
     special_ids: dict[str, int]  # "eos", "pad", "bos" -> id
 
 
-def _split_pattern(pre_tokenizer: dict | None) -> str | None:
-    if not pre_tokenizer:
+def _split_pattern(pre_tokenizer) -> str | None:
+    # Anything but the expected nesting of objects has no pattern (and is refused as such).
+    if not isinstance(pre_tokenizer, dict):
         return None
     steps = pre_tokenizer.get("pretokenizers", [pre_tokenizer])
-    for step in steps:
-        if step.get("type") == "Split":
-            return step.get("pattern", {}).get("Regex")
+    for step in steps if isinstance(steps, list) else []:
+        if isinstance(step, dict) and step.get("type") == "Split":
+            pattern = step.get("pattern")
+            return pattern.get("Regex") if isinstance(pattern, dict) else None
     return None
+
+
+def _token_id(value, path: Path, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"{path}: {what} has id {json.dumps(value)}; expected a "
+                              "non-negative integer")
+    return value
 
 
 def read_vocabulary(path: Path, vocab_size: int) -> Vocabulary:
@@ -43,7 +52,9 @@ def read_vocabulary(path: Path, vocab_size: int) -> Vocabulary:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not readable JSON ({e})") from e
-    model = data.get("model") or {}
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         raise CheckpointError(f"{path}: model type {model.get('type')!r}; expected a BPE tokenizer")
     pattern = _split_pattern(data.get("pre_tokenizer"))
@@ -54,10 +65,17 @@ def read_vocabulary(path: Path, vocab_size: int) -> Vocabulary:
 
     by_id: dict[int, tuple[str, int]] = {}
     for text, token_id in model["vocab"].items():
-        by_id[int(token_id)] = (text, TokenType.NORMAL)
+        by_id[_token_id(token_id, path, f"token {text!r}")] = (text, TokenType.NORMAL)
     added_ids: dict[str, int] = {}
-    for added in data.get("added_tokens", []):
-        text, token_id = added["content"], int(added["id"])
+    added_tokens = data.get("added_tokens", [])
+    if not isinstance(added_tokens, list):
+        raise CheckpointError(f"{path}: added_tokens is not a list")
+    for i, added in enumerate(added_tokens):
+        if not isinstance(added, dict) or not isinstance(added.get("content"), str):
+            raise CheckpointError(f'{path}: added_tokens[{i}] is not an object with a string '
+                                  '"content" and an integer "id"')
+        text = added["content"]
+        token_id = _token_id(added.get("id"), path, f"added token {text!r}")
         control = added.get("special", False) or _CONTROL_LOOKING.match(text)
         by_id[token_id] = (text, TokenType.CONTROL if control else TokenType.USER_DEFINED)
         added_ids[text] = token_id

@@ -7,6 +7,7 @@ metadata costs milliseconds.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from collections.abc import Sequence
@@ -15,13 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
 
 from reranker.errors import ModelFileError
+from reranker.model_format import Keys
 
 _MAGIC = b"GGUF"
 _SCALAR = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4",
            7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
 _STRING, _ARRAY, _BOOL = 8, 9, 7
+# llama.cpp aborts the whole process (GGML_ASSERT) on a block count outside 1..512.
+_MAX_LAYERS = 512
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,18 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]  # as llama.cpp lists it: innermost dimension first
     ggml_type: int
+    offset: int = 0  # of its data, from the start of the tensor data section
+
+    @property
+    def nbytes(self) -> int | None:
+        """Bytes of its data; None for a type gguf-py does not know."""
+        try:
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)]
+        except (ValueError, KeyError):
+            return None
+        if not self.shape:
+            return 0
+        return math.prod(self.shape[1:]) * -(-self.shape[0] // block) * type_size
 
 
 @dataclass
@@ -143,7 +160,14 @@ class _Cursor:
 
 
 def read_metadata(path: str | Path) -> GGUFMetadata:
-    """Parse the header, every key/value and the tensor table of a GGUF file."""
+    """Parse the header, every key/value and the tensor table of a GGUF file.
+
+    Also refuses a file whose tensor data runs past its end (cut short), whose layer
+    count, width or context length is zero, or whose keys read by the runtime hold the
+    wrong kind of value: llama.cpp fails on the first with no reason given, aborts the
+    process or loads a model that cannot score on the second, and the runtime raised
+    tracebacks on the third.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -176,8 +200,57 @@ def _parse(buf, path: Path) -> GGUFMetadata:
             name = cursor.string()
             dims = tuple(cursor.scalar("<Q") for _ in range(cursor.scalar("<I")))
             ggml_type = cursor.scalar("<I")
-            cursor.scalar("<Q")  # data offset
-            meta.tensors.append(TensorInfo(name, dims, ggml_type))
+            meta.tensors.append(TensorInfo(name, dims, ggml_type, cursor.scalar("<Q")))
     except (struct.error, ValueError, MemoryError) as e:
         raise ModelFileError(f"{path}: corrupt GGUF metadata ({e})") from e
+    _check_tensor_data(meta, cursor.pos, len(buf))
+    _check_sizes(meta)
+    _check_value_types(meta)
     return meta
+
+
+def _check_tensor_data(meta: GGUFMetadata, metadata_end: int, file_size: int) -> None:
+    """The tensor data must lie within the file: a cut-short copy or download is refused
+    here, by name, instead of by llama.cpp at load (or never, by a metadata-only reader)."""
+    alignment = meta.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1:
+        raise ModelFileError(f"{meta.path}: corrupt GGUF metadata (general.alignment is "
+                             f"{alignment!r})")
+    extents = [t.offset + t.nbytes for t in meta.tensors if t.nbytes is not None]
+    if not extents:
+        return
+    needed = -(-metadata_end // alignment) * alignment + max(extents)
+    if needed > file_size:
+        raise ModelFileError(
+            f"{meta.path} is truncated: its tensors need {needed} bytes but the file has "
+            f"{file_size} (an interrupted download or copy?); copy, pull or convert it again")
+
+
+def _check_value_types(meta: GGUFMetadata) -> None:
+    """Keys the runtime reads must hold the kind of value it reads (a vocabulary of strings,
+    numeric projector arrays): else a damaged file fails deep inside, with a traceback."""
+    expected = {Keys.ARCHITECTURE: (str, "a string"), Keys.TOKENS: (StringArray, "strings")}
+    for key in Keys.PROJECTOR_WEIGHTS + Keys.PROJECTOR_SHAPES:
+        expected[key] = (np.ndarray, "numbers")
+    for key, (kind, description) in expected.items():
+        value = meta.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise ModelFileError(f"{meta.path}: {key} holds {type(value).__name__}, not "
+                                 f"{description} (the file is damaged or was written wrongly)")
+
+
+def _check_sizes(meta: GGUFMetadata) -> None:
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        return
+    for name in ("block_count", "embedding_length", "context_length"):
+        key = f"{arch}.{name}"
+        value = meta.get(key)
+        if value is None:
+            continue  # not every GGUF is a language model; llama.cpp refuses a missing key
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1 \
+                or (name == "block_count" and value > _MAX_LAYERS):
+            wanted = (f"from 1 to {_MAX_LAYERS}, llama.cpp's limit" if name == "block_count"
+                      else "a positive integer")
+            raise ModelFileError(f"{meta.path}: {key} is {value!r}; it must be {wanted} (the "
+                                 "file is damaged or was written wrongly)")

@@ -13,7 +13,7 @@ from reranker.evaluation.compare import (RerankRequest, compare_models, ladder_f
                                          quantization_ladder, requests_from_evaluation)
 from reranker.evaluation.rerank_eval import (EvaluationReport, evaluate_reranking,
                                              prepare_evaluation)
-from reranker_cli.documents_input import read_batch
+from reranker_cli.documents_input import input_name, read_batch
 from reranker_cli.errors import friendly_errors
 from reranker_cli.models_dir import resolve_model
 from reranker_cli.progress import ProgressBars
@@ -141,7 +141,7 @@ def _requests(requests_file, dataset_dir: Path | None, run_file: Path | None, bm
     if requests_file is not None:
         if run_file is not None or bm25:
             raise click.UsageError("--run and --bm25 go with --dataset, not --requests")
-        records = read_batch(requests_file, requests_file.name)[:max_queries]
+        records = read_batch(requests_file, input_name(requests_file))[:max_queries]
         requests = [RerankRequest(r["query"], r["documents"], r["instruction"])
                     for r in records if r["documents"]]
     else:
@@ -197,7 +197,7 @@ def _ladder_text(rows) -> str:
 
 @click.command()
 @click.argument("models", nargs=-1, required=True)
-@click.option("--requests", "requests_file", type=click.File("r", encoding="utf-8"),
+@click.option("--requests", "requests_file", type=click.File("rb"),
               metavar="FILE",
               help='Queries as JSON Lines of {"query", "documents"} (the rerank --batch format).')
 @click.option("--dataset", "dataset_dir", type=click.Path(file_okay=False, path_type=Path),

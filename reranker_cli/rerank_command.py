@@ -10,7 +10,7 @@ import click
 
 from reranker import Reranker
 from reranker.reranker import rank_scores
-from reranker_cli.documents_input import read_batch, read_documents
+from reranker_cli.documents_input import check_text, input_name, read_batch, read_documents
 from reranker_cli.errors import friendly_errors
 from reranker_cli.models_dir import resolve_model
 from reranker_cli.runtime_options import block_tokens_option, cpu_path_option
@@ -42,9 +42,9 @@ def _table(results) -> str:
 @click.option("--query", "-q", help="The query (required unless --batch is used).")
 @click.option("--document", "-d", "documents", multiple=True,
               help="A document; repeat for each one.")
-@click.option("--documents-file", "-f", type=click.File("r", encoding="utf-8"),
+@click.option("--documents-file", "-f", type=click.File("rb"),
               help="Documents, one per line or JSON Lines with a \"text\" field; - for stdin.")
-@click.option("--batch", "batch_file", type=click.File("r", encoding="utf-8"),
+@click.option("--batch", "batch_file", type=click.File("rb"),
               help="JSON Lines of {\"query\", \"documents\", \"top_n\"?, \"instruction\"?}; "
                    "writes one JSON response per line.")
 @click.option("--model", "-m", help="GGUF file, directory, or name of a model in models/.")
@@ -75,19 +75,22 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
         if query or documents or documents_file:
             raise click.UsageError("--batch takes queries and documents from its file; "
                                    "drop --query/--document/--documents-file")
-        requests = read_batch(batch_file, batch_file.name)
+        requests = read_batch(batch_file, input_name(batch_file))
     else:
         if not query:
             raise click.UsageError("--query is required (or use --batch)")
-        docs = list(documents)
+        check_text(query, "--query")
+        if instruction is not None:
+            check_text(instruction, "--instruction")
+        docs = [check_text(d, f"--document {i + 1}") for i, d in enumerate(documents)]
         if documents_file is not None:
-            docs += read_documents(documents_file, documents_file.name)
+            docs += read_documents(documents_file, input_name(documents_file))
         elif not docs:
             stdin = sys.stdin
             if stdin.isatty():
                 raise click.UsageError("no documents: pass --document, --documents-file, "
                                        "or pipe them on stdin")
-            docs = read_documents(stdin, "<stdin>")
+            docs = read_documents(stdin.buffer, "<stdin>")
         if not docs:
             raise click.ClickException("no documents to rank (the input was empty)")
         requests = [{"query": query, "documents": docs, "top_n": top_n,

@@ -202,3 +202,58 @@ def test_the_console_script_runs_as_a_process(converted):
                               str(converted("q8_0")), "-q", "x", "-d", "a"],
                              capture_output=True, text=True, timeout=120)
     assert "llama_model_loader" in verbose.stderr
+
+
+NOT_UTF8 = "Paris\n".encode() + b"caf\xe9 au lait\n"  # 0xe9: Latin-1, not UTF-8
+
+
+@pytest.mark.parametrize("how", ["documents-file", "documents-file -", "stdin", "batch"])
+def test_input_that_is_not_utf8_names_the_input_and_byte_offset(runner, converted, tmp_path,
+                                                                how):
+    path = tmp_path / "docs.txt"
+    path.write_bytes(NOT_UTF8)
+    name = "docs.txt"
+    if how == "documents-file":
+        done = _rerank(runner, converted("q8_0"), "-f", str(path))
+    elif how == "documents-file -":
+        done = _rerank(runner, converted("q8_0"), "-f", "-", input=NOT_UTF8)
+        name = "<stdin>"
+    elif how == "stdin":
+        done = _rerank(runner, converted("q8_0"), input=NOT_UTF8)
+        name = "<stdin>"
+    else:
+        path.write_bytes(json.dumps({"query": "q", "documents": ["a"]}).encode() + b"\n"
+                         + b'{"query": "caf\xe9", "documents": ["b"]}\n')
+        done = runner.invoke(cli, ["rerank", "-m", str(converted("q8_0")), "--batch", str(path)])
+    assert done.exit_code == 1
+    offset = (NOT_UTF8 if name == "<stdin>" else path.read_bytes()).index(b"\xe9")
+    assert f"{name}:2: not UTF-8 text (byte 0xe9 at byte offset {offset})" in done.output
+
+
+@pytest.mark.parametrize("option", ["-q", "-d", "-i"])
+def test_arguments_that_are_not_utf8_are_named(runner, converted, option):
+    # Python hands on argv bytes that are not UTF-8 as surrogates (here: 0xe9).
+    args = {"-q": "capital", "-d": "Paris", "-i": "rank"}
+    args[option] = "caf\udce9"
+    done = runner.invoke(cli, ["rerank", "-m", str(converted("q8_0")),
+                               *sum(([k, v] for k, v in args.items()), [])])
+    assert done.exit_code == 1
+    name = {"-q": "--query", "-d": "--document 1", "-i": "--instruction"}[option]
+    assert f"{name} is not UTF-8 (byte 0xe9 at byte offset 3)" in done.output
+
+
+def test_a_lone_surrogate_in_json_is_named(runner, converted, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "half a pair \\ud83d"}\n')
+    done = _rerank(runner, converted("q8_0"), "-f", str(path))
+    assert done.exit_code == 1
+    assert 'docs.jsonl:2: "text" holds a lone surrogate (\\ud83d)' in done.output
+
+
+def test_a_byte_order_mark_does_not_hide_json_lines(runner, converted, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps({"text": d}) for d in DOCS).encode())
+    done = _rerank(runner, converted("q8_0"), "-f", str(path), "--json")
+    assert done.exit_code == 0, done.output
+    assert sorted(r["document"]["text"] for r in json.loads(done.output)["results"]) == \
+        sorted(DOCS)

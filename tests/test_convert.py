@@ -214,6 +214,8 @@ def test_an_interrupted_run_leaves_nothing(tiny_checkpoint, tmp_path, type_name)
     assert list(tmp_path.iterdir()) == []
 
 
+_NULL = object()  # for _edit_config: set the key to JSON null (None removes it)
+
 BAD_INPUTS = {
     "missing path": (lambda ck, d: d / "missing", "neither an existing directory nor a Hub repo id"),
     "a file, not a directory": (lambda ck, d: _a_file(d), "is not a directory"),
@@ -222,6 +224,24 @@ BAD_INPUTS = {
         lambda ck, d: _edit_config(ck, d, architectures=["LlamaForCausalLM"], model_type="llama"),
         r"architectures \['LlamaForCausalLM'\].*JinaForRanking"),
     "missing config key": (lambda ck, d: _edit_config(ck, d, hidden_size=None), "missing hidden_size"),
+    "zero heads": (lambda ck, d: _edit_config(ck, d, num_attention_heads=0),
+                   "config.json: num_attention_heads is 0; expected a positive integer"),
+    "non-numeric size": (lambda ck, d: _edit_config(ck, d, hidden_size="256"),
+                         'config.json: hidden_size is "256"; expected a positive integer'),
+    "negative layers": (lambda ck, d: _edit_config(ck, d, num_hidden_layers=-2),
+                        "config.json: num_hidden_layers is -2; expected a positive integer"),
+    "fractional size": (lambda ck, d: _edit_config(ck, d, intermediate_size=511.5),
+                        "config.json: intermediate_size is 511.5; expected a positive integer"),
+    "null epsilon": (lambda ck, d: _edit_config(ck, d, rms_norm_eps=_NULL),
+                     "config.json: rms_norm_eps is null; expected a positive number"),
+    "zero head_dim": (lambda ck, d: _edit_config(ck, d, head_dim=0),
+                      "config.json: head_dim is 0; expected a positive integer"),
+    "heads not a multiple of kv heads": (
+        lambda ck, d: _edit_config(ck, d, num_key_value_heads=3),
+        r"config.json: num_attention_heads \(\d+\) is not a multiple of num_key_value_heads \(3\)"),
+    "architectures as a string": (
+        lambda ck, d: _edit_config(ck, d, architectures="NotJinaForRanking"),
+        "architectures NotJinaForRanking"),
     "no weights": (lambda ck, d: _remove(ck, d, "model.safetensors"), "no model.safetensors"),
     "no tokenizer": (lambda ck, d: _remove(ck, d, "tokenizer.json"), "tokenizer.json is missing"),
     "missing tensor": (lambda ck, d: _rewrite_weights(ck, d, drop={"model.layers.1.mlp.up_proj.weight"}),
@@ -238,6 +258,14 @@ BAD_INPUTS = {
     "truncated weights": (lambda ck, d: _rewrite_weights(ck, d, truncate_bytes=1000),
                           "truncated download"),
     "tokenizer without markers": (lambda ck, d: _edit_tokenizer(ck, d), "lack <|embed_token|>"),
+    "added token without content": (
+        lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["added_tokens"][0].pop("content")),
+        r'tokenizer.json: added_tokens\[0\] is not an object with a string "content"'),
+    "token id not a number": (
+        lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["model"]["vocab"].update({"!": "0"})),
+        """tokenizer.json: token '!' has id "0"; expected a non-negative integer"""),
+    "tokenizer not an object": (lambda ck, d: _replace_tokenizer(ck, d, "[]"),
+                                "tokenizer.json: expected a JSON object"),
 }
 
 
@@ -253,7 +281,7 @@ def _edit_config(checkpoint, out, **changes):
         if value is None:
             config.pop(key)
         else:
-            config[key] = value
+            config[key] = None if value is _NULL else value
     (out / "config.json").unlink()
     (out / "config.json").write_text(json.dumps(config))
     return out
@@ -265,12 +293,22 @@ def _remove(checkpoint, out, name):
     return out
 
 
-def _edit_tokenizer(checkpoint, out):
+def _drop_doc_marker(data):
+    data["added_tokens"] = [t for t in data["added_tokens"] if "embed_token" not in t["content"]]
+
+
+def _edit_tokenizer(checkpoint, out, edit=_drop_doc_marker):
     _link_copy(checkpoint, out)
     data = json.loads((out / "tokenizer.json").read_text())
-    data["added_tokens"] = [t for t in data["added_tokens"] if "embed_token" not in t["content"]]
-    (out / "tokenizer.json").unlink()
-    (out / "tokenizer.json").write_text(json.dumps(data))
+    edit(data)
+    return _replace_tokenizer(checkpoint, out, json.dumps(data))
+
+
+def _replace_tokenizer(checkpoint, out, text):
+    if not out.exists():
+        _link_copy(checkpoint, out)
+    (out / "tokenizer.json").unlink()  # a hard link to the shared fixture: never write through it
+    (out / "tokenizer.json").write_text(text)
     return out
 
 

@@ -65,7 +65,7 @@ def convert_checkpoint(source: str | Path, outfile: str | Path, type_name: str =
             count = write_gguf(ckpt, vocab, target, tmp, info, progress)
         else:
             middle = file_type(_INTERMEDIATE[ckpt.source_dtype])
-            with scratch_file(outfile, f".{middle.name}.partial") as intermediate:
+            with scratch_file(outfile, f".{middle.name}") as intermediate:
                 stage(f"writing a {middle.name} intermediate")
                 count = write_gguf(ckpt, vocab, middle, intermediate, info, progress)
                 stage(f"quantizing to {target.name} with llama.cpp")

@@ -1,13 +1,24 @@
-"""Write outputs so that a failed or interrupted run leaves nothing behind."""
+"""Write outputs so that a failed or interrupted run leaves nothing behind.
+
+Temporary files sit beside the output (same disk, so the final rename is atomic),
+named `.OUTPUT.PID.RANDOM[.KIND].partial`. A run that is killed outright (SIGKILL,
+the OOM killer, a power cut) cannot remove its own, so the next run writing the same
+output removes those whose process is gone, and says so in a warning.
+"""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from convert.errors import ConversionError
+
+logger = logging.getLogger(__name__)
+_SUFFIX = ".partial"
 
 
 def check_output_path(path: Path, force: bool) -> None:
@@ -19,14 +30,60 @@ def check_output_path(path: Path, force: bool) -> None:
         raise ConversionError(f"output directory {path.parent} does not exist")
 
 
+def _temporary_beside(path: Path, kind: str = "") -> Path:
+    """A new empty file beside `path`, with the permissions a plain open() would give it."""
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{kind}{_SUFFIX}"
+        try:
+            # 0o666 less the umask (or as a default ACL says), applied by the kernel as for
+            # any new file; mkstemp's 0600 left converted models unreadable to other users.
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise ConversionError(f"could not create a temporary file beside {path}")
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Remove the temporary files of runs writing `path` that were killed; return them.
+
+    A file whose process still runs (a concurrent run, this process included) is kept.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}(\.[\w-]+)?"
+                         rf"{re.escape(_SUFFIX)}")
+    removed = []
+    for candidate in path.parent.iterdir():
+        match = pattern.fullmatch(candidate.name)
+        if match and not _process_running(int(match[1])):
+            try:
+                size = candidate.stat().st_size
+                candidate.unlink()
+            except FileNotFoundError:  # another run removed it first
+                continue
+            logger.warning("removed %s (%.1f MB), left by an interrupted run", candidate,
+                           size / 1e6)
+            removed.append(candidate)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only on success."""
     path = Path(path)
     check_output_path(path, force)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    remove_stale_partials(path)
+    tmp = _temporary_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -36,12 +93,14 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def scratch_file(beside: Path, suffix: str) -> Iterator[Path]:
-    """A temporary file next to `beside` (same disk), removed afterwards in every case."""
-    fd, name = tempfile.mkstemp(dir=Path(beside).parent, prefix=f".{Path(beside).name}.",
-                                suffix=suffix)
-    os.close(fd)
+def scratch_file(beside: Path, kind: str) -> Iterator[Path]:
+    """A temporary file next to `beside` (same disk), removed afterwards in every case.
+
+    `kind` (".f16", say) tells what it holds; it is named like `beside`'s own temporary
+    file, so a killed run's scratch is removed with it by the next run.
+    """
+    path = _temporary_beside(Path(beside), kind)
     try:
-        yield Path(name)
+        yield path
     finally:
-        Path(name).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)

@@ -8,9 +8,7 @@ each file's SHA-256 is recorded in the folder's `SHA256SUMS` (the format
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from convert.api import ConversionSummary, convert_checkpoint
@@ -40,10 +38,8 @@ def record_checksums(models_dir: Path, paths: list[Path]) -> Path:
                 entries[name] = digest
     for path in paths:
         entries[path.relative_to(models_dir).as_posix()] = file_sha256(path)
-    fd, tmp = tempfile.mkstemp(dir=models_dir, prefix=f".{CHECKSUMS_FILE}.", suffix=".partial")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(f"{digest}  {name}\n" for name, digest in sorted(entries.items()))
-    os.replace(tmp, sums_path)
+    with atomic_output(sums_path, force=True) as tmp:
+        tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items())))
     return sums_path
 
 

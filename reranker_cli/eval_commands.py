@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
+from convert.output import atomic_output
 from reranker import Reranker
 from reranker.evaluation.compare import (RerankRequest, compare_models, ladder_files,
                                          quantization_ladder, requests_from_evaluation)
@@ -50,15 +49,9 @@ def _check_one_first_stage(run_file: Path | None, bm25: bool) -> None:
 
 def write_json_atomically(path: Path, data: dict) -> None:
     """A reader never sees half a report: write beside it, then rename over it."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, ensure_ascii=False)
-            out.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, force=True) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n",
+                             encoding="utf-8")
 
 
 def _metric_label(name: str) -> str:

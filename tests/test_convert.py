@@ -321,3 +321,63 @@ def test_bad_input_is_one_clear_error_and_nothing_written(tiny_checkpoint, tmp_p
     with pytest.raises(CheckpointError, match=message):
         convert_checkpoint(source, out_dir / "model.gguf", "q8_0")
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.fixture
+def umask():
+    """umask(value): set the process umask for this test; restored afterwards."""
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("type_name,mask", [("f16", 0o022), ("q4_k_m", 0o027)],
+                         ids=["f16-umask-022", "q4_k_m-umask-027"])
+def test_outputs_get_the_mode_of_the_users_umask(tiny_checkpoint, converted, tmp_path, umask,
+                                                 type_name, mask):
+    from convert.pull import record_checksums
+    from reranker_cli.eval_commands import write_json_atomically
+
+    umask(mask)
+    expected = 0o666 & ~mask  # as a plain open() gives a new file
+    converted_file = tmp_path / "model.gguf"
+    convert_checkpoint(tiny_checkpoint, converted_file, type_name)
+    requantized = tmp_path / "requantized.gguf"
+    quantize_gguf(converted("f16"), requantized, "q8_0")
+    sums = record_checksums(tmp_path, [converted_file])
+    report = tmp_path / "report.json"
+    write_json_atomically(report, {"ok": True})
+    for path in (converted_file, requantized, sums, report):
+        assert oct(path.stat().st_mode & 0o777) == oct(expected), path.name
+
+
+def test_a_killed_conversion_is_removed_by_the_next_run(tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "model.gguf"
+    command = [sys.executable, "-m", "reranker_cli.main", "convert", str(tiny_checkpoint),
+               "-o", str(out), "-t", "q4_k_m"]
+    killed = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".model.gguf.*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed.kill()  # SIGKILL: no handler runs, as for the OOM killer or a power cut
+    killed.wait()
+    left = sorted(p.name for p in tmp_path.glob(".model.gguf.*.partial"))
+    assert left and all(name.startswith(f".model.gguf.{killed.pid}.") for name in left)
+    # Kept: a temporary file of a run still going (this process), and another output's.
+    running = tmp_path / f".model.gguf.{os.getpid()}.0123abcd.partial"
+    other = tmp_path / f".other.gguf.{killed.pid}.0123abcd.partial"
+    running.touch()
+    other.touch()
+
+    again = subprocess.run(command[:-2] + ["-t", "q8_0"], capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    for name in left:
+        assert f"removed {tmp_path / name}" in again.stderr and "interrupted run" in again.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model.gguf", running.name, other.name])
+    assert read_metadata(out).get(Keys.FILE_TYPE) == int(FILE_TYPES["q8_0"].ftype)

@@ -14,7 +14,7 @@ from reranker.evaluation.rerank_eval import (EvaluationReport, evaluate_rerankin
                                              prepare_evaluation)
 from reranker_cli.documents_input import input_name, read_batch
 from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import resolve_model
+from reranker_cli.models_dir import MODEL_HELP, resolve_model
 from reranker_cli.progress import ProgressBars
 from reranker_cli.runtime_options import block_tokens_option, cpu_path_option
 
@@ -83,7 +83,7 @@ def _report_text(report: EvaluationReport) -> str:
 @click.command("eval")
 @click.argument("dataset_dir", type=click.Path(file_okay=False, path_type=Path))
 @candidate_options
-@click.option("--model", "-m", help="GGUF file, directory, or name of a model in models/.")
+@click.option("--model", "-m", help=MODEL_HELP)
 @block_tokens_option
 @cpu_path_option
 @click.option("--json-report", type=click.Path(dir_okay=False, path_type=Path),

@@ -19,7 +19,8 @@ def inspect(model: str | None, as_json: bool) -> None:
     """Describe a model file: architecture, type, size, tokens, markers, projector, source.
 
     MODEL is a GGUF path, a directory, or a model name under models/ (default: the
-    default model). Only metadata is read; no weights are loaded. The last line is the
+    model `pull` fetched last, else the only one in models/). Only metadata is read;
+    no weights are loaded. The last line is the
     CPU path this machine would load it with (`reranker-cli doctor` checks it).
 
     \b

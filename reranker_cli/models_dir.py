@@ -6,9 +6,16 @@ from pathlib import Path
 
 import click
 
+from convert.output import atomic_output
+
 DEFAULT_MODEL_NAME = "jina-reranker-v3-q8_0"
 DEFAULT_HUB_REPO = "jinaai/jina-reranker-v3"
 MODELS_DIR_ENV = "RERANKER_MODELS_DIR"
+# In the models folder: the model to use without --model (a path relative to the
+# folder). `pull` writes it; it travels with the folder to an air-gapped machine.
+DEFAULT_RECORD = "DEFAULT_MODEL"
+MODEL_HELP = ("GGUF file, directory, or name of a model in models/ (default: the model "
+              "`pull` fetched last, else the only one in models/).")
 
 
 def models_dir() -> Path:
@@ -16,17 +23,58 @@ def models_dir() -> Path:
     return Path(os.environ.get(MODELS_DIR_ENV) or "models")
 
 
+def record_default_model(model: Path) -> Path:
+    """Make `model`, a file in the models folder, the one used without --model."""
+    folder = models_dir()
+    with atomic_output(folder / DEFAULT_RECORD, force=True) as tmp:
+        tmp.write_text(model.relative_to(folder).as_posix() + "\n", encoding="utf-8")
+    return folder / DEFAULT_RECORD
+
+
+def _recorded_default(folder: Path) -> Path | None:
+    """The model the record names, if the record and that file are there."""
+    try:
+        name = (folder / DEFAULT_RECORD).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    # A model deleted since it was pulled: the other rules choose among what is left.
+    return folder / name if name and (folder / name).is_file() else None
+
+
+def _models_in(folder: Path) -> list[Path]:
+    """GGUF files in the folder and one level down (where `pull --file` puts them)."""
+    found = [*sorted(folder.glob("*.gguf")), *sorted(folder.glob("*/*.gguf"))]
+    return [p for p in found if not p.name.startswith(".") and p.is_file()]
+
+
+def default_model() -> Path:
+    """The model `pull` recorded last, else the only GGUF in the models folder, else the
+    one with the default name among several; otherwise an error listing the choices."""
+    folder = models_dir()
+    recorded = _recorded_default(folder)
+    if recorded is not None:
+        return recorded
+    found = _models_in(folder)
+    if len(found) == 1:
+        return found[0]
+    if folder / f"{DEFAULT_MODEL_NAME}.gguf" in found:
+        return folder / f"{DEFAULT_MODEL_NAME}.gguf"
+    if not found:
+        raise click.ClickException(
+            f"no model given and {folder}/ holds none. On a connected machine run "
+            f"`reranker-cli pull` (downloads {DEFAULT_HUB_REPO} and converts it), or convert "
+            "a local checkpoint with `reranker-cli convert DIR`; then pass --model or copy "
+            "the file there.")
+    names = ", ".join(p.relative_to(folder).as_posix() for p in found)
+    raise click.ClickException(
+        f"no model given and {folder}/ holds {len(found)} models ({names}); pass --model "
+        f"with one of them, or write its name into {folder / DEFAULT_RECORD}")
+
+
 def resolve_model(name: str | None) -> Path:
     """A GGUF path, a directory, or the name of a model under the models folder."""
     if name is None:
-        candidate = models_dir() / f"{DEFAULT_MODEL_NAME}.gguf"
-        if candidate.exists():
-            return candidate
-        raise click.ClickException(
-            f"no model given and the default model {candidate} is not there. On a connected "
-            f"machine run `reranker-cli pull` (downloads {DEFAULT_HUB_REPO} and converts it), "
-            "or convert a local checkpoint with `reranker-cli convert DIR`; then pass "
-            "--model or copy the file there.")
+        return default_model()
     path = Path(name).expanduser()
     if path.exists():
         return path

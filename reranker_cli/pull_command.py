@@ -6,7 +6,7 @@ import click
 from convert.pull import CHECKSUMS_FILE, pull_converted, pull_published_gguf
 from reranker_cli.convert_commands import TYPE_CHOICE, StageProgress
 from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import DEFAULT_HUB_REPO, models_dir
+from reranker_cli.models_dir import DEFAULT_HUB_REPO, models_dir, record_default_model
 
 
 @click.command()
@@ -21,6 +21,9 @@ from reranker_cli.models_dir import DEFAULT_HUB_REPO, models_dir
 def pull(repo: str, type_name: str, gguf_file: str | None, revision: str | None,
          force: bool) -> None:
     """Download a model into models/ and record its SHA-256 in models/SHA256SUMS.
+
+    The model pulled last becomes the default of the other commands (recorded in
+    models/DEFAULT_MODEL).
 
     By default REPO (jinaai/jina-reranker-v3) is downloaded through the Hugging
     Face cache and converted to --type. With --file, one GGUF of a published GGUF
@@ -39,6 +42,7 @@ def pull(repo: str, type_name: str, gguf_file: str | None, revision: str | None,
             files = pull_published_gguf(repo, gguf_file, folder, revision=revision, force=force)
             for path in files:
                 click.echo(f"{path}")
+            model = files[0]
         else:
             progress = StageProgress()
             try:
@@ -47,4 +51,7 @@ def pull(repo: str, type_name: str, gguf_file: str | None, revision: str | None,
             finally:
                 progress.close()
             click.echo(summary.describe())
+            model = summary.path
+        record = record_default_model(model)
     click.echo(f"checksums recorded in {folder / CHECKSUMS_FILE}", err=True)
+    click.echo(f"{model} is now the default model (used without --model; {record})", err=True)

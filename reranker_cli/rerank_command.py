@@ -12,7 +12,7 @@ from reranker import Reranker
 from reranker.reranker import rank_scores
 from reranker_cli.documents_input import check_text, input_name, read_batch, read_documents
 from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import resolve_model
+from reranker_cli.models_dir import MODEL_HELP, resolve_model
 from reranker_cli.runtime_options import block_tokens_option, cpu_path_option
 
 
@@ -47,7 +47,7 @@ def _table(results) -> str:
 @click.option("--batch", "batch_file", type=click.File("rb"),
               help="JSON Lines of {\"query\", \"documents\", \"top_n\"?, \"instruction\"?}; "
                    "writes one JSON response per line.")
-@click.option("--model", "-m", help="GGUF file, directory, or name of a model in models/.")
+@click.option("--model", "-m", help=MODEL_HELP)
 @click.option("--projector", type=click.Path(dir_okay=False, path_type=Path),
               help="projector.safetensors for a backbone GGUF without one.")
 @click.option("--top-n", "-n", type=click.IntRange(min=0), help="Only the best N results.")

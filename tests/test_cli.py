@@ -257,3 +257,37 @@ def test_a_byte_order_mark_does_not_hide_json_lines(runner, converted, tmp_path)
     assert done.exit_code == 0, done.output
     assert sorted(r["document"]["text"] for r in json.loads(done.output)["results"]) == \
         sorted(DOCS)
+
+
+def _model_used(runner) -> str:
+    """The file name of the model `rerank` takes without --model."""
+    done = runner.invoke(cli, ["rerank", "-q", "x", "-d", "y", "--json"])
+    assert done.exit_code == 0, done.output
+    return json.loads(done.output)["model"]
+
+
+def test_the_only_model_in_the_folder_is_the_default(runner, converted, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    os.link(converted("q8_0"), models / "mine-f16.gguf")
+    (models / "DEFAULT_MODEL").write_text("deleted-since.gguf\n")  # names a file no longer there
+    assert _model_used(runner) == "mine-f16.gguf"
+    done = runner.invoke(cli, ["inspect", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["file"] == str(models / "mine-f16.gguf")
+
+
+def test_several_models_without_a_record_are_listed(runner, converted, tmp_path):
+    models = tmp_path / "models"
+    (models / "published").mkdir(parents=True)
+    os.link(converted("q8_0"), models / "a.gguf")
+    os.link(converted("q8_0"), models / "published" / "b.gguf")
+    done = runner.invoke(cli, ["rerank", "-q", "x", "-d", "y"])
+    assert done.exit_code == 1
+    assert "holds 2 models (a.gguf, published/b.gguf); pass --model" in done.output
+    # The name the README documents still wins among several...
+    os.link(converted("q8_0"), models / "jina-reranker-v3-q8_0.gguf")
+    assert _model_used(runner) == "jina-reranker-v3-q8_0.gguf"
+    # ...and the record (which pull writes) over that.
+    (models / "DEFAULT_MODEL").write_text("published/b.gguf\n")
+    assert _model_used(runner) == "b.gguf"

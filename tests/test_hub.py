@@ -7,6 +7,7 @@ any attempt to reach the network an error, so these tests prove the offline path
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -102,3 +103,20 @@ def test_pull_of_a_published_gguf_repo(tmp_path, converted):
     again = run_cli(["pull", "jinaai/jina-reranker-v3-GGUF", "--file",
                      "jina-reranker-v3-Q8_0.gguf"], tmp_path, cache)
     assert again.returncode == 1 and "--force" in again.stderr
+    described = run_cli(["inspect", "--json"], tmp_path, cache)  # the pulled file, by default
+    assert described.returncode == 0, described.stderr
+    assert json.loads(described.stdout)["file"] == str(folder / "jina-reranker-v3-Q8_0.gguf")
+
+
+def test_the_model_pulled_last_is_the_default(tmp_path, cache_with_checkpoint):
+    for type_name in ("q4_k_m", "f16"):
+        pulled = run_cli(["pull", "--type", type_name], tmp_path, cache_with_checkpoint)
+        assert pulled.returncode == 0, pulled.stderr
+        assert "is now the default model" in pulled.stderr
+        described = run_cli(["inspect", "--json"], tmp_path, cache_with_checkpoint)
+        assert described.returncode == 0, described.stderr
+        assert json.loads(described.stdout)["file_type"] == type_name
+        ranked = run_cli(["rerank", "-q", "capital", "-d", "Paris", "--json"], tmp_path,
+                         cache_with_checkpoint)
+        assert ranked.returncode == 0, ranked.stderr
+        assert json.loads(ranked.stdout)["model"] == f"jina-reranker-v3-{type_name}.gguf"

@@ -22,6 +22,17 @@ class InputError(click.ClickException):
         super().__init__(message)
         self.kind, self.field = kind, field
 
+    def at(self, where: str) -> InputError:
+        """The same error, its message prefixed with where it is (file:line)."""
+        return InputError(f"{where}: {self.message}", self.kind, self.field)
+
+    def body(self) -> dict:
+        """As the server answers: {"error": {"type", "message", "field"}}, field if known."""
+        error = {"type": self.kind, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error}
+
 
 def unicode_problem(text: str) -> str | None:
     """Why `text` is not Unicode text the tokenizer can take, or None if it is."""
@@ -52,24 +63,37 @@ def input_name(stream: IO[bytes]) -> str:
     return str(getattr(stream, "name", "<stdin>"))
 
 
-def read_lines(stream: IO[bytes], source_name: str) -> Iterator[tuple[int, str]]:
-    """(line number, text without its line end) of each line, decoded as UTF-8.
+def _decode(raw: bytes, offset: int) -> str:
+    """The line's text without its line end; `offset`: where the line starts in its input."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at byte offset "
+                         f"{offset + e.start}); convert it to UTF-8", kind="invalid_json") from None
+    return text.removesuffix("\n").removesuffix("\r")
 
-    A leading UTF-8 byte-order mark, as some Windows editors write, is dropped: left in,
-    it would hide the first line's "{" and turn JSON Lines into plain text.
+
+def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, bytes, byte offset in the input) of each line.
+
+    A leading UTF-8 byte-order mark, as Windows editors write, is dropped: left in, it
+    hid the first line's "{" and turned JSON Lines into plain text.
     """
     offset = 0
     for number, raw in enumerate(stream, start=1):
-        start = len(codecs.BOM_UTF8) if offset == 0 and raw.startswith(codecs.BOM_UTF8) else 0
-        try:
-            text = raw[start:].decode("utf-8")
-        except UnicodeDecodeError as e:
-            bad = start + e.start
-            raise InputError(f"{source_name}:{number}: not UTF-8 text (byte 0x{raw[bad]:02x} at "
-                             f"byte offset {offset + bad}); convert it to UTF-8",
-                             kind="invalid_json") from None
+        start = len(codecs.BOM_UTF8) if number == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+        yield number, raw[start:], offset + start
         offset += len(raw)
-        yield number, text.removesuffix("\n").removesuffix("\r")
+
+
+def read_lines(stream: IO[bytes], source_name: str) -> Iterator[tuple[int, str]]:
+    """(line number, text without its line end) of each line, decoded as UTF-8."""
+    for number, raw, offset in _lines(stream):
+        try:
+            text = _decode(raw, offset)
+        except InputError as e:
+            raise e.at(f"{source_name}:{number}") from None
+        yield number, text
 
 
 def read_documents(stream: IO[bytes], source_name: str) -> list[str]:
@@ -107,38 +131,58 @@ def _is_json_object(line: str) -> bool:
         return False
 
 
-def read_batch(stream: IO[bytes], source_name: str) -> list[dict]:
-    """Batch requests: JSON Lines of {"query", "documents", optional "top_n", "instruction"}."""
-    requests = []
-    for number, line in read_lines(stream, source_name):
-        if not line.strip():
-            continue
-        where = f"{source_name}:{number}"
+def parse_request(line: str) -> dict:
+    """One batch request: {"query", "documents", optional "top_n", "instruction"}, with
+    documents as strings or {"text": ...}. Raises InputError naming the field."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e.msg})", kind="invalid_json") from None
+    if not isinstance(record, dict):
+        raise InputError('expected an object with "query" and "documents"')
+    if not isinstance(record.get("query"), str):
+        raise InputError('"query" must be a string', field="query")
+    check_text(record["query"], '"query"', "query")
+    docs = record.get("documents")
+    if not isinstance(docs, list):
+        raise InputError('"documents" must be a list', field="documents")
+    texts = []
+    for i, doc in enumerate(docs):
+        text = doc.get("text") if isinstance(doc, dict) else doc
+        if not isinstance(text, str):
+            raise InputError(f'documents[{i}] must be a string or an object with a string "text"',
+                             field=f"documents.{i}")
+        texts.append(check_text(text, f"documents[{i}]", f"documents.{i}"))
+    top_n = record.get("top_n")
+    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0):
+        raise InputError('"top_n" must be a non-negative integer', field="top_n")
+    instruction = record.get("instruction")
+    if instruction is not None:
+        if not isinstance(instruction, str):
+            raise InputError('"instruction" must be a string', field="instruction")
+        check_text(instruction, '"instruction"', "instruction")
+    return {"query": record["query"], "documents": texts, "top_n": top_n,
+            "instruction": instruction}
+
+
+def batch_requests(stream: IO[bytes]) -> Iterator[tuple[int, dict | InputError]]:
+    """Each non-blank line's number and its request, or the InputError saying why it is
+    not one: a bad line does not stop the lines after it."""
+    for number, raw, offset in _lines(stream):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise click.ClickException(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("query"), str):
-            raise click.ClickException(f'{where}: expected an object with a string "query"')
-        check_text(record["query"], f'{where}: "query"')
-        docs = record.get("documents")
-        if not isinstance(docs, list):
-            raise click.ClickException(f'{where}: expected a "documents" list')
-        texts = []
-        for i, doc in enumerate(docs):
-            text = doc.get("text") if isinstance(doc, dict) else doc
-            if not isinstance(text, str):
-                raise click.ClickException(f"{where}: documents[{i}] must be a string or "
-                                           'an object with a string "text"')
-            texts.append(check_text(text, f"{where}: documents[{i}]"))
-        top_n = record.get("top_n")
-        if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0):
-            raise click.ClickException(f'{where}: "top_n" must be a non-negative integer')
-        instruction = record.get("instruction")
-        if instruction is not None and not isinstance(instruction, str):
-            raise click.ClickException(f'{where}: "instruction" must be a string')
-        if instruction is not None:
-            check_text(instruction, f'{where}: "instruction"')
-        requests.append({"query": record["query"], "documents": texts, "top_n": top_n,
-                         "instruction": instruction, "line": number})
+            line = _decode(raw, offset)
+            request = parse_request(line) if line.strip() else None
+        except InputError as e:
+            request = e
+        if request is not None:
+            yield number, request
+
+
+def read_batch(stream: IO[bytes], source_name: str) -> list[dict]:
+    """Every request of a batch file; the first bad line stops with its error."""
+    requests = []
+    for number, request in batch_requests(stream):
+        if isinstance(request, InputError):
+            raise request.at(f"{source_name}:{number}")
+        requests.append(request)
     return requests

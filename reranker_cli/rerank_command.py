@@ -9,8 +9,10 @@ from pathlib import Path
 import click
 
 from reranker import Reranker
+from reranker.errors import RerankerError
 from reranker.reranker import rank_scores
-from reranker_cli.documents_input import check_text, input_name, read_batch, read_documents
+from reranker_cli.documents_input import (InputError, batch_requests, check_text, input_name,
+                                          read_documents)
 from reranker_cli.errors import friendly_errors
 from reranker_cli.models_dir import MODEL_HELP, resolve_model
 from reranker_cli.runtime_options import block_tokens_option, cpu_path_option
@@ -72,10 +74,11 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
       reranker-cli rerank --batch requests.jsonl > responses.jsonl
     """
     if batch_file is not None:
-        if query or documents or documents_file:
-            raise click.UsageError("--batch takes queries and documents from its file; "
-                                   "drop --query/--document/--documents-file")
-        requests = read_batch(batch_file, input_name(batch_file))
+        if query or documents or documents_file or top_n is not None or instruction is not None:
+            raise click.UsageError("--batch takes each request's query, documents, top_n and "
+                                   "instruction from its file; drop --query, --document, "
+                                   "--documents-file, --top-n and --instruction")
+        lines = list(batch_requests(batch_file))
     else:
         if not query:
             raise click.UsageError("--query is required (or use --batch)")
@@ -93,14 +96,12 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
             docs = read_documents(stdin.buffer, "<stdin>")
         if not docs:
             raise click.ClickException("no documents to rank (the input was empty)")
-        requests = [{"query": query, "documents": docs, "top_n": top_n,
-                     "instruction": instruction, "line": None}]
+        request = {"query": query, "documents": docs, "top_n": top_n, "instruction": instruction}
 
     model_path = resolve_model(model)
     with friendly_errors(), Reranker(model_path, projector, n_threads=threads,
-                                           block_tokens=block_tokens, cpu_path=cpu_path) as ranker:
+                                     block_tokens=block_tokens, cpu_path=cpu_path) as ranker:
         if batch_file is None:
-            request = requests[0]
             results, tokens = _run(ranker, request)
             if as_json:
                 click.echo(json.dumps(response_json(model_path.name, results, tokens,
@@ -108,11 +109,35 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
             else:
                 click.echo(_table(results))
             return
-        with click.progressbar(requests, label="queries", file=sys.stderr) as bar:
-            for request in bar:
-                results, tokens = _run(ranker, request)
-                click.echo(json.dumps(response_json(model_path.name, results, tokens,
-                                                    not no_documents), ensure_ascii=False))
+        failed = _run_batch(ranker, lines, model_path.name, not no_documents)
+    if failed:
+        shown = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
+        raise click.ClickException(
+            f"{len(failed)} of {len(lines)} requests in {input_name(batch_file)} failed "
+            f"(line {shown}); each has an error object in its place in the output")
+
+
+def _run_batch(ranker: Reranker, lines, model_name: str, include_documents: bool) -> list[int]:
+    """Answer each request in order, one line each; return the line numbers that failed.
+
+    A failed line is answered with the server's error body plus its line number, and the
+    lines after it go on: one bad line used to stop the run with half the answers written.
+    """
+    failed = []
+    with click.progressbar(lines, label="queries", file=sys.stderr) as bar:
+        for number, request in bar:
+            if not isinstance(request, InputError):
+                try:
+                    results, tokens = _run(ranker, request)
+                except RerankerError as e:  # well-formed but unscorable: the server's 422
+                    request = InputError(str(e), kind="unprocessable")
+                else:
+                    click.echo(json.dumps(response_json(model_name, results, tokens,
+                                                        include_documents), ensure_ascii=False))
+                    continue
+            failed.append(number)
+            click.echo(json.dumps({**request.body(), "line": number}, ensure_ascii=False))
+    return failed
 
 
 def _run(ranker: Reranker, request: dict):

@@ -227,7 +227,14 @@ def test_input_that_is_not_utf8_names_the_input_and_byte_offset(runner, converte
         done = runner.invoke(cli, ["rerank", "-m", str(converted("q8_0")), "--batch", str(path)])
     assert done.exit_code == 1
     offset = (NOT_UTF8 if name == "<stdin>" else path.read_bytes()).index(b"\xe9")
-    assert f"{name}:2: not UTF-8 text (byte 0xe9 at byte offset {offset})" in done.output
+    message = f"not UTF-8 text (byte 0xe9 at byte offset {offset})"
+    if how == "batch":  # the line is answered with an error; the others are scored
+        answers = [json.loads(line) for line in done.stdout.splitlines()]
+        assert "results" in answers[0] and answers[1]["line"] == 2
+        assert message in answers[1]["error"]["message"]
+        assert "1 of 2 requests in" in done.stderr and "docs.txt failed (line 2)" in done.stderr
+    else:
+        assert f"{name}:2: {message}" in done.output
 
 
 @pytest.mark.parametrize("option", ["-q", "-d", "-i"])
@@ -291,3 +298,56 @@ def test_several_models_without_a_record_are_listed(runner, converted, tmp_path)
     # ...and the record (which pull writes) over that.
     (models / "DEFAULT_MODEL").write_text("published/b.gguf\n")
     assert _model_used(runner) == "b.gguf"
+
+
+@pytest.fixture
+def short_context_model(tiny_checkpoint, tmp_path):
+    """The tiny model with a 512-token context, so that a long instruction cannot fit."""
+    import shutil
+
+    from convert.api import convert_checkpoint
+
+    checkpoint = tmp_path / "short"
+    shutil.copytree(tiny_checkpoint, checkpoint, copy_function=os.link)
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").unlink()  # a hard link to the shared fixture
+    (checkpoint / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 512}))
+    return convert_checkpoint(checkpoint, tmp_path / "short.gguf", "q8_0").path
+
+
+def test_batch_answers_every_line_and_counts_the_failures(runner, short_context_model,
+                                                         tmp_path):
+    lines = [json.dumps({"query": "France", "documents": DOCS}).encode(),
+             b"{not json",
+             json.dumps({"query": 5, "documents": DOCS}).encode(),
+             b"",  # blank: skipped, no answer
+             json.dumps({"query": "q", "documents": ["a", 7]}).encode(),
+             json.dumps({"query": "q", "documents": ["a"], "top_n": -1}).encode(),
+             b'{"query": "caf\xe9", "documents": ["a"]}',  # Latin-1, not UTF-8
+             json.dumps({"query": "q", "documents": ["a"], "instruction": "rank " * 600}).encode(),
+             json.dumps({"query": "fruit", "documents": [{"text": d} for d in DOCS],
+                         "top_n": 1}).encode()]
+    batch = tmp_path / "batch.jsonl"
+    batch.write_bytes(b"\n".join(lines) + b"\n")
+    done = runner.invoke(cli, ["rerank", "-m", str(short_context_model), "--batch", str(batch)])
+    assert done.exit_code == 1
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [len(a["results"]) if "results" in a else a["line"] for a in answers] == \
+        [3, 2, 3, 5, 6, 7, 8, 1]
+    errors = {a["line"]: a["error"] for a in answers if "error" in a}
+    assert {line: (e["type"], e.get("field")) for line, e in errors.items()} == {
+        2: ("invalid_json", None), 3: ("invalid_request", "query"),
+        5: ("invalid_request", "documents.1"), 6: ("invalid_request", "top_n"),
+        7: ("invalid_json", None), 8: ("unprocessable", None)}
+    assert "byte 0xe9 at byte offset" in errors[7]["message"]
+    assert "context is capped at 512" in errors[8]["message"]
+    assert f"6 of 8 requests in {batch} failed (line 2, 3, 5, 6, 7, 8)" in done.stderr
+
+
+def test_batch_refuses_options_it_would_ignore(runner, converted, tmp_path):
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text(json.dumps({"query": "q", "documents": DOCS}) + "\n")
+    for option in (["--top-n", "1"], ["--instruction", "x"]):
+        done = runner.invoke(cli, ["rerank", "-m", str(converted("q8_0")), "--batch", str(batch),
+                                   *option])
+        assert done.exit_code == 2 and "--batch takes each request's" in done.output

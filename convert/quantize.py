@@ -1,6 +1,7 @@
 """Requantize a GGUF with llama.cpp's own quantizer (k-quants, i-quants, legacy types)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from convert.errors import ConversionError
@@ -23,7 +24,8 @@ def run_llama_quantizer(source: Path, destination: Path, target: FileType,
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(target.ftype)
     params.nthread = n_threads or 0  # 0: llama.cpp uses the hardware's thread count
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(),
+    # os.fsencode: a file name that is not UTF-8 reaches the C library as its own bytes.
+    status = llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(destination),
                                             params)
     if status != 0:
         reason = take_last_error() or f"status {status}"

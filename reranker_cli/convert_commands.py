@@ -8,7 +8,7 @@ import click
 from convert.api import ConversionSummary, convert_checkpoint, quantize_gguf
 from convert.file_types import FILE_TYPES
 from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import models_dir
+from reranker_cli.models_dir import ensure_models_dir, models_dir
 from reranker_cli.progress import ProgressBars
 
 # Types needing an importance matrix stay accepted so the refusal can say why.
@@ -67,7 +67,7 @@ def convert(source: str, outfile: Path | None, type_name: str, revision: str | N
     """
     outfile = outfile or default_outfile(source, type_name)
     if outfile.parent == models_dir():
-        outfile.parent.mkdir(parents=True, exist_ok=True)
+        ensure_models_dir()
     progress = StageProgress()
     with friendly_errors():
         try:

@@ -23,6 +23,16 @@ def models_dir() -> Path:
     return Path(os.environ.get(MODELS_DIR_ENV) or "models")
 
 
+def ensure_models_dir() -> Path:
+    """The models folder, created if need be (a file in its place is an error, not a traceback)."""
+    folder = models_dir()
+    if folder.exists() and not folder.is_dir():
+        raise click.ClickException(f"the models folder {folder} (${MODELS_DIR_ENV}, else "
+                                   "./models) is a file; point it at a directory")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def record_default_model(model: Path) -> Path:
     """Make `model`, a file in the models folder, the one used without --model."""
     folder = models_dir()

@@ -6,7 +6,7 @@ import click
 from convert.pull import CHECKSUMS_FILE, pull_converted, pull_published_gguf
 from reranker_cli.convert_commands import TYPE_CHOICE, StageProgress
 from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import DEFAULT_HUB_REPO, models_dir, record_default_model
+from reranker_cli.models_dir import DEFAULT_HUB_REPO, ensure_models_dir, record_default_model
 
 
 @click.command()
@@ -36,7 +36,11 @@ def pull(repo: str, type_name: str, gguf_file: str | None, revision: str | None,
       reranker-cli pull --type q4_k_m
       reranker-cli pull jinaai/jina-reranker-v3-GGUF --file jina-reranker-v3-Q4_K_M.gguf
     """
-    folder = models_dir()
+    if gguf_file is not None and not gguf_file.lower().endswith(".gguf"):
+        # It would be copied, then recorded as the default model that no command can load.
+        raise click.UsageError(f"--file {gguf_file!r} is not a .gguf file; name one of the "
+                               "repo's GGUF files (its projector is copied with it)")
+    folder = ensure_models_dir()
     with friendly_errors():
         if gguf_file:
             files = pull_published_gguf(repo, gguf_file, folder, revision=revision, force=force)

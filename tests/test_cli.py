@@ -351,3 +351,20 @@ def test_batch_refuses_options_it_would_ignore(runner, converted, tmp_path):
         done = runner.invoke(cli, ["rerank", "-m", str(converted("q8_0")), "--batch", str(batch),
                                    *option])
         assert done.exit_code == 2 and "--batch takes each request's" in done.output
+
+
+@pytest.mark.parametrize("command", [["convert", "SOURCE", "-t", "q8_0"], ["pull"]])
+def test_a_models_folder_that_is_a_file_is_named(runner, tiny_checkpoint, tmp_path, monkeypatch,
+                                                 command):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # pull must stop before any download
+    (tmp_path / "models").write_text("not a folder")
+    args = [str(tiny_checkpoint) if a == "SOURCE" else a for a in command]
+    done = runner.invoke(cli, args)
+    assert done.exit_code == 1
+    assert f"the models folder {tmp_path / 'models'} ($RERANKER_MODELS_DIR" in done.output
+
+
+def test_pull_file_must_be_a_gguf(runner, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    done = runner.invoke(cli, ["pull", "jinaai/jina-reranker-v3-GGUF", "--file", "README.md"])
+    assert done.exit_code == 2 and "--file 'README.md' is not a .gguf file" in done.output

@@ -381,3 +381,12 @@ def test_a_killed_conversion_is_removed_by_the_next_run(tiny_checkpoint, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["model.gguf", running.name, other.name])
     assert read_metadata(out).get(Keys.FILE_TYPE) == int(FILE_TYPES["q8_0"].ftype)
+
+
+def test_file_names_that_are_not_utf8_reach_llama_cpps_quantizer(converted, tmp_path):
+    # Python keeps such a name's bytes as surrogates; encoding them as UTF-8 raised.
+    source = tmp_path / "model-\udcff.gguf"
+    os.link(converted("f16"), source)
+    out = tmp_path / "out-\udcfe.gguf"
+    quantize_gguf(source, out, "q8_0")
+    assert read_metadata(out).get(Keys.FILE_TYPE) == int(FILE_TYPES["q8_0"].ftype)

@@ -58,7 +58,7 @@ def run_cell(model: Path, path: str, args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("models", nargs="*", type=Path)
     parser.add_argument("--docs", type=int, default=16)
     parser.add_argument("--words", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=3)
@@ -70,6 +70,8 @@ def main() -> int:
     if args.child:
         child(args.child[0], args.child[1], args.docs, args.words, args.repeats, args.threads)
         return 0
+    if not args.models:
+        parser.error("name at least one GGUF file")
 
     build, cpu = read_llama_build(), read_cpu_info()
     paths = ["plain"] + [p for p in [extra_path_name(build.extra_buffer_types)] if p]
@@ -97,7 +99,7 @@ def main() -> int:
             median = statistics.median(times)
             if path == "plain":
                 plain_median = median
-            ratio = f"{plain_median / median:.2f}x plain" if plain_median else ""
+            ratio = f"speed {plain_median / median:.2f}x plain's" if plain_median else ""
             print(f"{model.name:28} {path:7} median {median:6.2f} s (min {min(times):.2f}, "
                   f"max {max(times):.2f}) load {statistics.median(loads):.2f} s "
                   f"{cells[path][0]['tokens']} tokens  {ratio}")

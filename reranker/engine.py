@@ -90,7 +90,7 @@ class LlamaEngine:
         # those copies (q4_k_m, 16 x 120 words: peak 1078 MB mapped, 876 MB read).
         params.load_mode = (llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap
                             else llama_cpp.LLAMA_LOAD_MODE_NONE)
-        self._model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), params)
+        self._model = llama_cpp.llama_model_load_from_file(os.fsencode(self.model_path), params)
         if not self._model:
             raise ModelFileError(f"llama.cpp could not load {self.model_path} "
                                  "(run with -v to see its log)")

@@ -471,3 +471,13 @@ def test_a_buffer_that_never_fits_is_an_error_not_a_partial_answer():
 
     with pytest.raises(RerankerError, match="llama_tokenize asked for 10 entries"):
         _fill(lambda capacity: (-capacity - 1, bytearray(capacity)), 8, "llama_tokenize")
+
+
+def test_a_model_path_that_is_not_utf8_loads(converted, tmp_path):
+    """File names are bytes on Linux; one that is not UTF-8 must still reach llama.cpp."""
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/mod\xe8les"))
+    folder.mkdir()
+    target = folder / "tiny.gguf"
+    os.link(converted("q8_0"), target)
+    with Reranker(target, n_threads=2) as ranker:
+        assert ranker.score("q", ["a", "b"]).scores.shape == (2,)

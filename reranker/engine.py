@@ -11,15 +11,15 @@ import ctypes
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType
 
 from reranker.cpu_path import resolve_cpu_path
-from reranker.errors import (InputTooLongError, ModelFileError, RerankerClosedError,
-                             RerankerError)
+from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
+                             RerankerClosedError, RerankerError)
 from reranker.ggml_tensors import copy_f32_rows, tensor_name
 from reranker.llama_logging import route_llama_logs
 
@@ -29,6 +29,7 @@ HIDDEN_STATE_NODE = b"result_norm"
 # Contexts grow in these steps (llama.cpp pads to 256 anyway). Each step of f16 KV cache
 # is 28 MB on the 0.6B model, so the context is sized close to the prompt, not rounded up.
 _CONTEXT_STEP = 256
+_DECODE_ABORTED = 2  # llama_decode's status when the abort callback answered true
 # llama.cpp's CPU flash attention runs a micro-batch of fewer than 64 query rows through a
 # vector kernel that accumulates in f16 and larger ones through a tiled f32 kernel, so one
 # token's hidden state depended on where a micro-batch boundary fell (tiny f32 model: 2e-4
@@ -75,8 +76,12 @@ class LlamaEngine:
         self._cached_tokens: list[int] = []  # what the KV cache holds, in order
         self.reused_tokens = 0  # prefix tokens the last call did not decode again
         self.decoded_tokens = 0  # tokens the last call decoded
-        # Kept referenced for as long as any context may call it.
+        # Kept referenced for as long as any context may call them: llama.cpp holds only
+        # the C pointers, and calling a garbage-collected ctypes callback crashes the process.
         self._eval_callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_eval)
+        self._abort_callback = llama_cpp.ggml_abort_callback(self._on_abort)
+        self._should_stop: Callable[[], bool] | None = None  # the running call's
+        self._stop_error: BaseException | None = None  # raised by should_stop inside a decode
 
         route_llama_logs()
         llama_cpp.llama_backend_init()
@@ -143,12 +148,18 @@ class LlamaEngine:
         return buf[0]
 
     # -- hidden states ---------------------------------------------------------
-    def hidden_states(self, tokens: Sequence[int], positions: Sequence[int]) -> np.ndarray:
+    def hidden_states(self, tokens: Sequence[int], positions: Sequence[int], *,
+                      should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         """Final hidden states at `positions` (ascending) of one sequence: [len(positions), hidden].
 
         Attention is causal, so tokens after the last position cannot change any of the
         states asked for and are not decoded (the template's 13 closing tokens after the
         query marker).
+
+        `should_stop`, if given, is asked before each micro-batch and, through llama.cpp's
+        abort callback, between the graph's operations (from the decoding thread, so it
+        must be quick and thread-safe, e.g. `threading.Event.is_set`); once it answers
+        true the call raises RerankerCancelled, and the next call decodes from scratch.
         """
         positions = list(positions)
         for before, p in zip([-1] + positions, positions):
@@ -173,20 +184,14 @@ class LlamaEngine:
             self._ensure_context(n)
             reused = self._reuse_prefix(tokens, positions[0])
             self._captured = []
-            self._cached_tokens = []  # until this decode has succeeded
-            batch = self._batch
-            for start, stop in _slices(reused, n, self._ctx_ubatch):
-                for i in range(start, stop):
-                    j = i - start
-                    batch.token[j] = tokens[i]
-                    batch.pos[j] = i
-                    batch.n_seq_id[j] = 1
-                    batch.seq_id[j][0] = 0
-                    batch.logits[j] = int(wanted[i])
-                batch.n_tokens = stop - start
-                status = self._llama.llama_decode(self._ctx, batch)
-                if status != 0:
-                    raise RerankerError(f"llama_decode failed with status {status}")
+            # Until this decode has succeeded: after a failed or aborted one the KV cache
+            # holds an unknown part of this prompt, so nothing of it may be reused.
+            self._cached_tokens = []
+            self._should_stop, self._stop_error = should_stop, None
+            try:
+                self._decode(tokens, wanted, reused)
+            finally:
+                self._should_stop = None
             self._cached_tokens = list(tokens)
             self.reused_tokens = reused
             self.decoded_tokens = n - reused
@@ -197,6 +202,29 @@ class LlamaEngine:
             raise RerankerError(f"captured {states.shape[0]} hidden states for "
                                 f"{len(positions)} marker positions")
         return states
+
+    def _decode(self, tokens: Sequence[int], wanted: np.ndarray, reused: int) -> None:
+        batch = self._batch
+        for start, stop in _slices(reused, len(tokens), self._ctx_ubatch):
+            if self._should_stop is not None and self._should_stop():
+                raise RerankerCancelled(f"stopped before decoding tokens {start}..{stop - 1} "
+                                        f"of {len(tokens)}: should_stop() answered true")
+            for i in range(start, stop):
+                j = i - start
+                batch.token[j] = tokens[i]
+                batch.pos[j] = i
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = 0
+                batch.logits[j] = int(wanted[i])
+            batch.n_tokens = stop - start
+            status = self._llama.llama_decode(self._ctx, batch)
+            if self._stop_error is not None:
+                raise self._stop_error
+            if status == _DECODE_ABORTED and self._should_stop is not None:
+                raise RerankerCancelled(f"stopped while decoding tokens {start}..{stop - 1} of "
+                                        f"{len(tokens)}: should_stop() answered true")
+            if status != 0:
+                raise RerankerError(f"llama_decode failed with status {status}")
 
     def _reuse_prefix(self, tokens: Sequence[int], first_output: int) -> int:
         """Keep the KV cache of the prefix this prompt shares with the previous one.
@@ -225,6 +253,16 @@ class LlamaEngine:
         self._captured.append(copy_f32_rows(tensor))
         return False  # stop here: the vocabulary projection is not needed
 
+    def _on_abort(self, _user_data) -> bool:
+        should_stop = self._should_stop
+        if should_stop is None:
+            return False
+        try:
+            return bool(should_stop())
+        except BaseException as error:  # it cannot propagate through C: stop, raise it after
+            self._stop_error = error
+            return True
+
     def _ensure_context(self, n_tokens: int) -> None:
         if self._ctx is not None and n_tokens <= self._ctx_size:
             return
@@ -252,6 +290,7 @@ class LlamaEngine:
             raise RerankerError(f"llama.cpp could not create a {size}-token context "
                                 "(out of memory?)")
         self._ctx, self._ctx_size, self._ctx_ubatch = ctx, size, params.n_ubatch
+        llama.llama_set_abort_callback(ctx, self._abort_callback, None)
         self._batch = llama.llama_batch_init(params.n_batch, 0, 1)
 
     def _free_context(self) -> None:

@@ -16,3 +16,7 @@ class InputTooLongError(RerankerError, ValueError):
 
 class RerankerClosedError(RerankerError):
     """A call on a Reranker (or LlamaEngine) after `close()`: its llama.cpp objects are freed."""
+
+
+class RerankerCancelled(RerankerError):
+    """A call stopped because its `should_stop` callable answered true (e.g. the client left)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import unicodedata
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +12,8 @@ from gguf import LlamaFileType
 
 from reranker.blocks import cosine, merge_query_embeddings, plan_blocks
 from reranker.engine import LlamaEngine
-from reranker.errors import InputTooLongError, ModelFileError, RerankerClosedError
+from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
+                             RerankerClosedError)
 from reranker.gguf_metadata import read_metadata
 from reranker.model_format import (ARCHITECTURE, DOC_MARKER, FLOAT_FILE_TYPES, QUERY_MARKER,
                                    Keys)
@@ -50,6 +51,8 @@ class Scores:
     query_embedding: np.ndarray
     total_tokens: int  # prompt tokens over every block (the usage the API reports)
     blocks: int
+    decoded_tokens: int = 0  # of those, the ones llama.cpp decoded
+    reused_tokens: int = 0  # and the ones whose KV cache was kept from the call before
 
 
 def resolve_model_file(model: str | Path) -> Path:
@@ -142,9 +145,14 @@ class Reranker:
         scored = self.score(query, docs, instruction=instruction)
         return rank_scores(scored, docs, top_n=top_n, return_embeddings=return_embeddings)
 
-    def score(self, query: str, documents: Sequence[str], *,
-              instruction: str | None = None) -> Scores:
-        """Scores and embeddings in input order (the primitive `rerank` sorts)."""
+    def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+              should_stop: Callable[[], bool] | None = None) -> Scores:
+        """Scores and embeddings in input order (the primitive `rerank` sorts).
+
+        `should_stop` (e.g. `threading.Event().is_set`) is asked between blocks and, from
+        llama.cpp's decoding thread, during each decode: once it answers true the call
+        raises RerankerCancelled within about one graph operation.
+        """
         _check_text("query", query)
         if instruction is not None:
             _check_text("instruction", instruction)
@@ -154,7 +162,7 @@ class Reranker:
             if not docs:
                 out_dim = self.projector.second.shape[0]
                 return Scores(np.zeros(0), np.zeros((0, out_dim)), np.zeros(out_dim), 0, 0)
-            return self._score(query, docs, instruction)
+            return self._score(query, docs, instruction, should_stop)
 
     def count_tokens(self, text: str) -> int:
         with self._lock:  # so that close() cannot free the vocabulary meanwhile
@@ -216,7 +224,8 @@ class Reranker:
             ids += self._encode("".join(pending))
         return ids, doc_positions, query_position
 
-    def _score(self, query: str, docs: list[str], instruction: str | None) -> Scores:
+    def _score(self, query: str, docs: list[str], instruction: str | None,
+               should_stop: Callable[[], bool] | None) -> Scores:
         query, query_length = self._truncate(remove_markers(query), self.max_query_tokens)
         if instruction is not None:
             instruction = remove_markers(instruction)
@@ -229,8 +238,11 @@ class Reranker:
                              block_size=self.block_size, max_doc_length=self.max_doc_tokens)
         queue = list(reversed(blocks))
         query_embeddings, block_doc_embeddings, done_blocks = [], [], []
-        total_tokens = 0
+        total_tokens = decoded = reused = 0
         while queue:
+            if should_stop is not None and should_stop():
+                raise RerankerCancelled(f"stopped after {len(done_blocks)} of the blocks: "
+                                        "should_stop() answered true")
             block = queue.pop()
             parts = build_prompt(query, [cleaned[i] for i in block], instruction)
             ids, doc_positions, query_position = self._encode_prompt(parts)
@@ -245,7 +257,10 @@ class Reranker:
                 half = len(block) // 2
                 queue += [block[half:], block[:half]]
                 continue
-            states = self._engine.hidden_states(ids, doc_positions + [query_position])
+            states = self._engine.hidden_states(ids, doc_positions + [query_position],
+                                                should_stop=should_stop)
+            decoded += self._engine.decoded_tokens
+            reused += self._engine.reused_tokens
             projected = self.projector(states)
             block_doc_embeddings.append(projected[:-1])
             query_embeddings.append(projected[-1])
@@ -258,7 +273,7 @@ class Reranker:
             doc_embeddings[block] = embeddings
         scores = cosine(doc_embeddings, query_embedding)
         return Scores(scores, doc_embeddings, np.asarray(query_embedding), total_tokens,
-                      len(done_blocks))
+                      len(done_blocks), decoded, reused)
 
 
 def rank_scores(scored: Scores, documents: Sequence[str], *, top_n: int | None = None,

@@ -1,0 +1,74 @@
+"""Stopping a running `Reranker.score` through llama.cpp's abort callback."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from reranker import Reranker, RerankerCancelled
+
+QUERY = "which document talks about cancellation?"
+# A first document of about 1500 tokens: its prompt prefix spans several 512-token
+# micro-batches. A following call with as many documents and the same first one shares
+# that prefix, and would reuse its KV cache.
+LONG = "the first document is long and repeats itself " * 180
+DOCS = [LONG] + [f"document number {i} about something else" for i in range(10)]
+OTHER_DOCS = [LONG] + [f"another document, number {i}" for i in range(10)]
+
+
+class CountingStop:
+    """should_stop that answers true from its `at`-th call on (never, if at is None)."""
+
+    def __init__(self, at: int | None = None):
+        self.at, self.calls = at, 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        with self.lock:
+            self.calls += 1
+            return self.at is not None and self.calls >= self.at
+
+
+@pytest.fixture(scope="module")
+def model(converted):
+    return converted("q8_0")
+
+
+def test_a_decode_stops_inside_llama_decode(model):
+    with Reranker(model, n_threads=2) as ranker:
+        # One short block: one micro-batch, so all but the first call come from llama.cpp's
+        # abort callback, during the decode.
+        stop = CountingStop(at=3)
+        with pytest.raises(RerankerCancelled):
+            ranker.score("q", ["a", "b"], should_stop=stop)
+        assert stop.calls == 3  # nothing was computed after it answered true
+        assert ranker.score("q", ["a", "b"]).scores.shape == (2,)
+
+
+def test_after_a_cancelled_call_scores_equal_a_fresh_rerankers(model):
+    with Reranker(model, n_threads=2) as fresh:
+        counting = CountingStop()
+        fresh.score(QUERY, DOCS, should_stop=counting)  # how many calls a whole decode makes
+        expected = fresh.score("an unrelated query", OTHER_DOCS[:2]).scores
+        expected_other = fresh.score(QUERY, OTHER_DOCS).scores
+    with Reranker(model, n_threads=2) as ranker:
+        for fraction in (0.3, 0.7):  # in an early and in a late micro-batch
+            # Another query first, so that the stopped call decodes its prompt from the
+            # system message on, the first document included.
+            assert (ranker.score("an unrelated query", OTHER_DOCS[:2]).scores == expected).all()
+            stop = CountingStop(at=int(counting.calls * fraction))
+            with pytest.raises(RerankerCancelled):
+                ranker.score(QUERY, DOCS, should_stop=stop)
+            # Shares the long first document with the stopped call: reusing its aborted
+            # KV cache would change these scores.
+            assert (ranker.score(QUERY, OTHER_DOCS).scores == expected_other).all()
+
+
+def test_an_error_in_should_stop_reaches_the_caller(model):
+    def broken() -> bool:
+        raise ZeroDivisionError("from should_stop")
+
+    with Reranker(model, n_threads=2) as ranker:
+        with pytest.raises(ZeroDivisionError):
+            ranker.score("q", ["a", "b"], should_stop=broken)
+        assert ranker.score("q", ["a", "b"]).scores.shape == (2,)

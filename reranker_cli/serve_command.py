@@ -29,16 +29,28 @@ def is_loopback(host: str) -> bool:
 
 
 def _read_api_key(api_key_file: Path | None) -> str | None:
+    from reranker_server.settings import api_key_problem
+
     if api_key_file is not None:
+        source = f"--api-key-file {api_key_file}"
         try:
             key = api_key_file.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise click.ClickException(f"{source} is not UTF-8 text") from None
         except OSError as e:
-            raise click.ClickException(f"cannot read --api-key-file {api_key_file}: "
-                                       f"{e.strerror or e}") from None
+            raise click.ClickException(f"cannot read {source}: {e.strerror or e}") from None
         if not key:
-            raise click.ClickException(f"--api-key-file {api_key_file} is empty")
-        return key
-    return os.environ.get(API_KEY_ENV) or None
+            raise click.ClickException(f"{source} is empty")
+    else:
+        source = f"${API_KEY_ENV}"
+        key = os.environ.get(API_KEY_ENV) or None
+        if key is None:
+            return None
+    # Refused here, before any request: such a key would make every request fail.
+    problem = api_key_problem(key)
+    if problem:
+        raise click.ClickException(f"the API key in {source} cannot be used: {problem}")
+    return key
 
 
 @click.command()

@@ -1,6 +1,7 @@
 """The FastAPI application: routes, limits, authentication, errors and metrics."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -12,7 +13,9 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reranker import Reranker, RerankerError
 from reranker.reranker import rank_scores
@@ -24,7 +27,12 @@ from reranker_server.schemas import (ModelCard, ModelList, RerankRequest, Rerank
 from reranker_server.settings import ServerSettings
 
 logger = logging.getLogger("reranker.server")
-OPEN_PATHS = {"/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+DOCS_ASSETS = "/docs/assets"  # Swagger UI and ReDoc files, served from the installed package
+OPEN_PATHS = {"/health", "/docs", "/openapi.json", "/redoc"}
+OPEN_PREFIXES = ("/docs/",)  # the assets and Swagger UI's OAuth2 redirect page
+# nginx's status for "the client closed the connection before the answer": never sent
+# (no one is there), but counted and logged.
+CLIENT_CLOSED_REQUEST = 499
 
 
 def default_opener(settings: ServerSettings) -> Callable[[], Reranker]:
@@ -63,36 +71,40 @@ def create_app(settings: ServerSettings,
         finally:
             workers.close()
 
-    app = FastAPI(title="reranker", version="0.1.0", lifespan=lifespan,
-                  description="The Jina / Cohere rerank API for jina-reranker-v3 on CPU.")
+    # FastAPI's own /docs and /redoc load their scripts from a CDN, blank on a machine
+    # without internet access; these serve the copies the fastapi-offline package ships.
+    app = FastAPIOffline(title="reranker", version="0.1.0", lifespan=lifespan,
+                         description="The Jina / Cohere rerank API for jina-reranker-v3 on CPU.",
+                         static_url=DOCS_ASSETS,
+                         # Swagger UI would send the schema to an online validator.
+                         swagger_ui_parameters={"validatorUrl": None})
+    # Outermost last: every response, those of the other two included, is counted.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BearerAuth, api_key=settings.api_key)
+    app.add_middleware(ObservedRequests, metrics=metrics, routes=lambda: app.routes)
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, error: ApiError):
-        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+        return error.response()
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and "json" not in content_type:
-            unsupported = ApiError(415, "unsupported_media_type", f"the body was sent as "
-                                   f"{content_type or 'no content type'}; send JSON with "
-                                   "'Content-Type: application/json'", field="content-type")
-            return JSONResponse(unsupported.body(), status_code=415)
-        return _validation_response(error)
+            return ApiError(415, "unsupported_media_type", f"the body was sent as "
+                            f"{content_type or 'no content type'}; send JSON with "
+                            "'Content-Type: application/json'", field="content-type").response()
+        return _validation_error(error).response()
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if settings.api_key and request.url.path not in OPEN_PATHS:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(),
-                                                                     settings.api_key):
-                error = ApiError(401, "unauthorized", "missing or wrong API key: send "
-                                 "'Authorization: Bearer <key>'", field="authorization",
-                                 headers={"WWW-Authenticate": "Bearer"})
-                return JSONResponse(error.body(), status_code=401, headers=error.headers)
-        return await call_next(request)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        return _http_error(request, error).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_request: Request, error: Exception):
+        # Starlette logs the traceback after this answer is sent.
+        return ApiError(500, "internal_error", f"the server failed on this request "
+                        f"({type(error).__name__}); the traceback is in its log").response()
 
     @app.get("/health")
     async def health(request: Request) -> dict:
@@ -111,20 +123,17 @@ def create_app(settings: ServerSettings,
     async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
         started = time.monotonic()
         request_id = uuid.uuid4().hex[:12]
-        status = 500
+        status, note = 500, ""
         try:
-            response = await _rerank(body, request.app.state.pool, settings, metrics)
+            response = await _rerank(body, request, settings, metrics)
             status = 200
             return response
         except ApiError as error:
-            status = error.status
+            status, note = error.status, f" ({error.kind})"
             raise
         finally:
-            seconds = time.monotonic() - started
-            metrics.requests.labels(status=str(status)).inc()
-            metrics.latency.observe(seconds)
-            logger.info("request %s: %d documents, status %d, %.3f s", request_id,
-                        len(body.documents), status, seconds)
+            logger.info("request %s: %d documents, status %d%s, %.3f s", request_id,
+                        len(body.documents), status, note, time.monotonic() - started)
             if settings.log_documents:
                 logger.info("request %s: query %r, documents %r", request_id, body.query,
                             body.texts())
@@ -134,7 +143,7 @@ def create_app(settings: ServerSettings,
     return app
 
 
-async def _rerank(body: RerankRequest, pool: RerankerPool, settings: ServerSettings,
+async def _rerank(body: RerankRequest, request: Request, settings: ServerSettings,
                   metrics: ServerMetrics) -> RerankResponse:
     if body.model is not None and body.model not in settings.accepted_model_names:
         raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; "
@@ -153,6 +162,7 @@ async def _rerank(body: RerankRequest, pool: RerankerPool, settings: ServerSetti
                            field="documents")
         return reranker.score(body.query, documents, instruction=body.instruction)
 
+    pool: RerankerPool = request.app.state.pool
     try:
         scored = await pool.run(work)
     except QueueFull:
@@ -166,6 +176,8 @@ async def _rerank(body: RerankRequest, pool: RerankerPool, settings: ServerSetti
     except RerankerError as error:
         raise ApiError(422, "unprocessable", str(error)) from None
     metrics.tokens.inc(scored.total_tokens)
+    metrics.decoded_tokens.inc(scored.decoded_tokens)
+    metrics.reused_tokens.inc(scored.reused_tokens)
     metrics.documents.inc(len(documents))
     results = [
         RerankResultItem(index=r.index, relevance_score=r.relevance_score,
@@ -182,24 +194,125 @@ def _retry_after(pool: RerankerPool) -> int:
     return max(1, math.ceil(pool.admitted / max(1, pool.workers)))
 
 
-def _validation_response(error: RequestValidationError) -> JSONResponse:
-    first = error.errors()[0] if error.errors() else {}
+def _validation_error(error: RequestValidationError) -> ApiError:
+    errors = error.errors()
+    # Text that is not valid Unicode is named before the other errors a union adds for it.
+    first = next((e for e in errors if e.get("type") == "invalid_unicode"),
+                 errors[0] if errors else {})
     if first.get("type") == "json_invalid":
-        return JSONResponse(ApiError(400, "invalid_json", "the request body is not valid "
-                                     "JSON").body(), status_code=400)
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    # Union members add their type names to the location; keep the field path only.
-    location = [p for p in location if p not in {"str", "DocumentObject"}]
+        return ApiError(400, "invalid_json", "the request body is not valid JSON", field="body")
+    # Union members add their names to the location ("str", "DocumentObject", or
+    # "function-before[...]" for a validated str); keep the field path only.
+    location = [str(part) for part in first.get("loc", ())[1:]
+                if isinstance(part, int)
+                or (part.isidentifier() and part not in {"str", "DocumentObject"})]
     field = ".".join(location) or None
     if field is None:
         message = "the body must be a JSON object with 'query' and 'documents'"
+    elif first.get("type") == "invalid_unicode":
+        message = f"{field}: {first['msg']}"
     elif len(location) >= 2 and location[0] == "documents" and location[1].isdigit():
         field = f"documents.{location[1]}"
         message = f"{field}: each document must be a string or an object {{\"text\": string}}"
     else:
         message = f"{field}: {first.get('msg', 'invalid value')}"
-    return JSONResponse(ApiError(422, "invalid_request", message, field=field).body(),
-                        status_code=422)
+    return ApiError(422, "invalid_request", message, field=field)
+
+
+def _http_error(request: Request, error: StarletteHTTPException) -> ApiError:
+    """Starlette's and FastAPI's own refusals, in this API's error shape."""
+    path = request.url.path[:200]
+    cause = error.__cause__
+    if error.status_code == 404:
+        return ApiError(404, "not_found", f"there is no {path!r} here; the API is POST "
+                        "/v1/rerank (or /rerank), GET /health, /v1/models, /metrics, /docs",
+                        headers=error.headers)
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "another method")
+        return ApiError(405, "method_not_allowed", f"{request.method} is not allowed on "
+                        f"{path!r}; use {allowed}", headers=error.headers)
+    # FastAPI answers 400 for a body it could not decode, from the decoding error.
+    if isinstance(cause, UnicodeDecodeError):
+        return ApiError(400, "invalid_json", f"the request body is not UTF-8: byte "
+                        f"0x{cause.object[cause.start]:02x} at offset {cause.start}; send "
+                        "JSON encoded as UTF-8", field="body")
+    if isinstance(cause, RecursionError):
+        return ApiError(400, "invalid_json", "the request body's JSON nests arrays or objects "
+                        "too deeply to parse; a rerank request needs three levels",
+                        field="body")
+    if error.status_code == 400:
+        return ApiError(400, "invalid_json", f"the request body could not be read as JSON "
+                        f"({error.detail})", field="body")
+    return ApiError(error.status_code, "http_error", str(error.detail), headers=error.headers)
+
+
+class ObservedRequests:
+    """Counts every response by path and status, and times it, whoever produced it."""
+
+    def __init__(self, app, metrics: ServerMetrics, routes: Callable[[], list]):
+        self.app, self.metrics, self.routes = app, metrics, routes
+        self._paths: set[str] | None = None
+
+    def _label(self, path: str) -> str:
+        # Only the app's own paths become label values: one per unknown URL would let any
+        # client grow the metrics without bound.
+        if self._paths is None:
+            self._paths = {route.path for route in self.routes()}
+        if path in self._paths:
+            return path
+        return DOCS_ASSETS if path.startswith(DOCS_ASSETS + "/") else "other"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.monotonic()
+        status = None
+
+        async def observed_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except BaseException:
+            status = status or 500  # answered by Starlette's error handler, outside
+            raise
+        finally:
+            label = self._label(scope["path"])
+            # A request whose client left before any answer counts as nginx's 499.
+            self.metrics.requests.labels(path=label,
+                                         status=str(status or CLIENT_CLOSED_REQUEST)).inc()
+            self.metrics.latency.labels(path=label).observe(time.monotonic() - started)
+
+
+class BearerAuth:
+    """Requires 'Authorization: Bearer <key>' on all but the open paths, when a key is set.
+
+    The header's bytes are compared with the key's UTF-8 bytes: a header value is bytes on
+    the wire, and comparing str would fail (hmac refuses non-ASCII str) instead of refusing.
+    """
+
+    def __init__(self, app, api_key: str | None):
+        self.app = app
+        self.key = api_key.encode("utf-8") if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if (self.key is None or scope["type"] != "http" or path in OPEN_PATHS
+                or path.startswith(OPEN_PREFIXES)):
+            return await self.app(scope, receive, send)
+        header = b""
+        for name, value in scope.get("headers") or []:
+            if name.lower() == b"authorization":
+                header = value
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(b" \t"), self.key):
+            return await self.app(scope, receive, send)
+        await ApiError(401, "unauthorized", "missing or wrong API key: send 'Authorization: "
+                       "Bearer <key>'", field="authorization",
+                       headers={"WWW-Authenticate": "Bearer"}).response()(scope, receive, send)
 
 
 class BodySizeLimit:
@@ -209,6 +322,9 @@ class BodySizeLimit:
     turns out too large is refused before any of it is parsed.
     """
 
+    # How long the rest of a refused body is read and dropped after the 413 is sent.
+    LINGER_SECONDS = 2.0
+
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
@@ -217,7 +333,7 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send, int(declared))
+            return await self._refuse(receive, send, int(declared))
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -227,7 +343,7 @@ class BodySizeLimit:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.max_bytes:
-                return await self._refuse(send, size)
+                return await self._refuse(receive, send, size, more)
         replayed = False
 
         async def replay():
@@ -239,8 +355,27 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send, size: int) -> None:
+    async def _refuse(self, receive, send, size: int, more: bool = True) -> None:
+        """A 413 with 'Connection: close', then the rest of the body read and dropped.
+
+        The answer's bytes (their length declared) reach the client at once. Keeping the
+        response open while the body still arriving is drained, for a bounded time, means
+        the connection is closed with nothing left unread: closing a socket with unread
+        input sends a reset, which can make the client lose the 413 it was sent.
+        """
         error = ApiError(413, "body_too_large", f"the request body has {size} bytes or more; "
-                         f"this server accepts at most {self.max_bytes}", field="body")
-        response = JSONResponse(error.body(), status_code=413)
-        await response({"type": "http"}, None, send)
+                         f"this server accepts at most {self.max_bytes}", field="body",
+                         headers={"Connection": "close"})
+        response = error.response()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body, "more_body": True})
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._drain(receive, more), self.LINGER_SECONDS)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _drain(receive, more: bool) -> None:
+        while more:
+            message = await receive()
+            more = message["type"] == "http.request" and message.get("more_body", False)

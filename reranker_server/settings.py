@@ -1,10 +1,31 @@
 """The server's settings, checked once at start-up."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reranker.reranker import BLOCK_TOKENS
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why `key` cannot be asked for in 'Authorization: Bearer <key>', or None if it can.
+
+    A key is one token: whitespace would be cut off or split the header, and control,
+    format (zero-width, byte-order mark) or surrogate characters cannot travel in an HTTP
+    header or are invisible in the file that holds the key. Other non-ASCII characters
+    can: the header's bytes are compared with the key's UTF-8 bytes. The key itself is
+    never repeated in the answer.
+    """
+    if not key:
+        return "it is empty"
+    for position, char in enumerate(key, start=1):
+        if char.isspace() or unicodedata.category(char) in {"Cc", "Cf", "Cs"}:
+            name = unicodedata.name(char, "a control or surrogate character")
+            return (f"character {position} of {len(key)} is {name} (U+{ord(char):04X}); a key "
+                    "must be one token without whitespace or control characters, as it is "
+                    "sent in an 'Authorization: Bearer <key>' header")
+    return None
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,8 @@ class ServerSettings:
                 raise ValueError(f"{name} must be positive, got {value}")
         if self.queue_timeout <= 0:
             raise ValueError(f"queue_timeout must be positive, got {self.queue_timeout}")
+        if self.api_key is not None and (problem := api_key_problem(self.api_key)):
+            raise ValueError(f"the API key cannot be used: {problem}")
 
     @property
     def accepted_model_names(self) -> set[str]:

@@ -107,11 +107,11 @@ def test_health_models_openapi_and_metrics(server):
                  "reranker_tokens_total", "reranker_documents_total", "reranker_queue_depth",
                  "reranker_running"):
         assert name in metrics
-    assert 'reranker_requests_total{status="200"}' in metrics
+    assert 'reranker_requests_total{path="/v1/rerank",status="200"}' in metrics
 
 
 BAD_REQUESTS = [
-    ("{not json", 400, None),
+    ("{not json", 400, "body"),
     ('["a list"]', 422, None),
     ({"documents": ["a"]}, 422, "query"),
     ({"query": "", "documents": ["a"]}, 422, "query"),
@@ -298,3 +298,217 @@ def test_serve_refuses_a_bad_cpu_path_in_one_line_before_binding(converted):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "'turbo'" in done.stderr
     assert "RERANKER_CPU_PATH" in done.stderr
+
+
+# -- every error in one JSON shape ------------------------------------------------------------
+
+def _raw(body: bytes, content_type="application/json") -> tuple[bytes, dict]:
+    return body, {"Content-Type": content_type}
+
+
+ERROR_SHAPE_CASES = [
+    # JSON lets a \u escape name half a surrogate pair; no UTF-8 text can hold it.
+    ("POST", "/v1/rerank", b'{"query": "q", "documents": ["a", "b\\ud800c"]}', 422, "documents.1"),
+    ("POST", "/v1/rerank", b'{"query": "q", "documents": [{"text": "\\udc00"}]}', 422,
+     "documents.0.text"),
+    ("POST", "/v1/rerank", b'{"query": "q\\ud800", "documents": ["a"]}', 422, "query"),
+    ("POST", "/v1/rerank", b'{"query": "q", "documents": ["a"], "instruction": "\\udfff"}', 422,
+     "instruction"),
+    ("POST", "/v1/rerank", b'{"model": "\\ud800", "query": "q", "documents": ["a"]}', 422,
+     "model"),
+    ("POST", "/v1/rerank", b'{"query": "caf\xe9", "documents": ["a"]}', 400, "body"),  # Latin-1
+    ("POST", "/v1/rerank", b"[" * 50_000 + b"]" * 50_000, 400, "body"),  # past json's recursion
+    ("GET", "/no/such/path", b"", 404, None),
+    ("GET", "/v1/rerank", b"", 405, None),
+    ("DELETE", "/health", b"", 405, None),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,field", ERROR_SHAPE_CASES,
+                         ids=[f"{i}-{c[3]}" for i, c in enumerate(ERROR_SHAPE_CASES)])
+def test_every_error_has_the_api_error_shape(server, method, path, body, status, field):
+    response = httpx.request(method, server.url + path, content=body,
+                             headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    payload = response.json()
+    assert set(payload) == {"error"}, payload
+    error = payload["error"]
+    assert set(error) <= {"type", "message", "field"}
+    assert error["type"] and error["message"] and error.get("field") == field
+    assert server.post({"query": "q", "documents": ["a"]}).status_code == 200
+
+
+def test_error_messages_say_what_was_wrong(server):
+    error = server.post(b'{"query": "q", "documents": ["ab\\ud800"]}').json()["error"]
+    assert "surrogate" in error["message"] and "\\ud800" in error["message"]
+    error = server.post(b'{"query": "caf\xe9", "documents": ["a"]}').json()["error"]
+    assert "UTF-8" in error["message"] and "0xe9" in error["message"]
+    error = httpx.put(server.url + "/v1/rerank").json()["error"]
+    assert "PUT" in error["message"] and "POST" in error["message"]
+
+
+def test_an_unexpected_failure_is_a_json_500_and_the_server_keeps_serving(converted):
+    """In-process. No request can make the real stack fail unexpectedly (each known way is
+    refused as bad input), so this Reranker fails on purpose: a stand-in for a future bug."""
+    from fastapi.testclient import TestClient
+
+    from reranker import Reranker
+    from reranker_server.app import create_app
+    from reranker_server.settings import ServerSettings
+
+    model = converted("q8_0")
+
+    class FailingReranker(Reranker):
+        def count_tokens(self, text):
+            if text == "fail":
+                raise KeyError("an unexpected bug")
+            return super().count_tokens(text)
+
+    settings = ServerSettings(model_path=model, model_name="tiny")
+    app = create_app(settings, lambda: FailingReranker(model, n_threads=1))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/v1/rerank", json={"query": "fail", "documents": ["a"]})
+        assert response.status_code == 500
+        error = response.json()["error"]
+        assert error["type"] == "internal_error" and "KeyError" in error["message"]
+        assert client.post("/v1/rerank", json={"query": "q", "documents": ["a"]}).status_code == 200
+        metrics = client.get("/metrics").text
+        assert 'reranker_requests_total{path="/v1/rerank",status="500"} 1.0' in metrics
+
+
+# -- API keys ----------------------------------------------------------------------------------
+
+def test_api_keys_are_compared_as_bytes(converted):
+    """In-process: a non-ASCII key (allowed: compared as UTF-8 bytes) and non-ASCII header
+    bytes, which once made hmac raise and every request answer 500."""
+    from fastapi.testclient import TestClient
+
+    from reranker_server.app import create_app
+    from reranker_server.settings import ServerSettings
+
+    key = "clé-secrète-ключ"
+    settings = ServerSettings(model_path=converted("q8_0"), model_name="tiny", api_key=key,
+                              threads=1)
+    body = {"query": "q", "documents": ["a"]}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        ok = client.post("/v1/rerank", json=body,
+                         headers={"Authorization": b"Bearer " + key.encode("utf-8")})
+        assert ok.status_code == 200, ok.text
+        for header in (b"Bearer " + key.encode("latin-1", "replace"), b"Bearer \xff\xfe",
+                       b"Bearer \xc3\xa9", b"Basic " + key.encode("utf-8"), b"Bearer"):
+            refused = client.post("/v1/rerank", json=body, headers={"Authorization": header})
+            assert refused.status_code == 401, (header, refused.text)
+            assert refused.json()["error"]["field"] == "authorization"
+        assert client.get("/docs").status_code == 200  # open, with its assets
+        assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+        assert client.get("/metrics").status_code == 401
+
+
+@pytest.mark.parametrize("where,key,named", [
+    ("env", "two words", "U+0020"),
+    ("env", "zero\u200bwidth", "U+200B"),
+    ("file", "tab\tinside", "U+0009"),
+    ("file", "\ufeffbom-first", "U+FEFF"),
+])
+def test_serve_refuses_a_key_that_cannot_travel_in_a_header(converted, tmp_path, where, key,
+                                                            named):
+    args, env = [], dict(os.environ)
+    env.pop("RERANKER_API_KEY", None)
+    if where == "env":
+        env["RERANKER_API_KEY"] = key
+    else:
+        (tmp_path / "key").write_text(key, encoding="utf-8")
+        args = ["--api-key-file", str(tmp_path / "key")]
+    done = subprocess.run([sys.executable, "-m", "reranker_cli.main", "serve", "-m",
+                           str(converted("q8_0")), "--port", str(free_port()), *args],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and named in done.stderr
+    assert key.strip() not in done.stderr  # the key itself is never printed
+    assert ("RERANKER_API_KEY" if where == "env" else "--api-key-file") in done.stderr
+
+
+# -- docs, metrics, oversize bodies ----------------------------------------------------------
+
+def test_docs_pages_load_nothing_from_other_hosts(server):
+    import re
+
+    for page in ("/docs", "/redoc"):
+        response = httpx.get(server.url + page)
+        assert response.status_code == 200
+        html = response.text
+        assert "://" not in html and "//cdn" not in html, html
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets
+        for asset in assets:
+            assert asset.startswith("/"), asset
+            fetched = httpx.get(server.url + asset)
+            assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
+
+
+def _counter(metrics: str, name: str, **labels) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    line_start = f"{name}{{{wanted}}} " if labels else f"{name} "
+    for line in metrics.splitlines():
+        if line.startswith(line_start):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_count_every_response_and_the_tokens(server):
+    def metrics() -> str:
+        return httpx.get(server.url + "/metrics").text
+
+    requests = [
+        (400, "/v1/rerank", lambda: server.post("{not json")),
+        (404, "other", lambda: httpx.get(server.url + "/no/such/path")),
+        (405, "/v1/rerank", lambda: httpx.get(server.url + "/v1/rerank")),
+        (413, "/v1/rerank", lambda: server.post({"query": "q", "documents": ["x" * 200_000]})),
+        (415, "/v1/rerank", lambda: httpx.post(server.url + "/v1/rerank", content="{}",
+                                               headers={"Content-Type": "text/plain"})),
+        (422, "/rerank", lambda: server.post({"query": ""}, path="/rerank")),
+        (200, "/health", lambda: httpx.get(server.url + "/health")),
+    ]
+    for status, path, send in requests:
+        before = metrics()
+        assert send().status_code == status
+        after = metrics()
+        assert _counter(after, "reranker_requests_total", path=path, status=status) == \
+            _counter(before, "reranker_requests_total", path=path, status=status) + 1, status
+        assert _counter(after, "reranker_request_seconds_count", path=path) == \
+            _counter(before, "reranker_request_seconds_count", path=path) + 1, status
+
+    body = {"query": "a query for the token counters", "documents": DOCS}
+    before = metrics()
+    first = server.post(body).json()["usage"]["total_tokens"]
+    middle = metrics()
+    server.post(body)
+    after = metrics()
+
+    def delta(name, a, b):
+        return _counter(b, name) - _counter(a, name)
+    # Decoding stops at the query marker, so a request decodes a little less than its tokens.
+    assert 0 < delta("reranker_decoded_tokens_total", before, middle) <= first
+    # The same prompt again: its prefix up to the first document's marker is reused.
+    assert delta("reranker_reused_tokens_total", middle, after) > 0
+    assert delta("reranker_decoded_tokens_total", middle, after) + \
+        delta("reranker_reused_tokens_total", middle, after) <= first
+
+
+def test_a_declared_oversize_body_gets_413_and_the_connection_closes(server):
+    """Raw HTTP/1.1 on a socket: the refused body must not be read as a next request."""
+    body = b'{"query": "q", "documents": ["' + b"x" * 200_000 + b'"]}'
+    request = (b"POST /v1/rerank HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body))
+    pipelined = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request + body + pipelined)
+        received = b""
+        while chunk := sock.recv(65536):  # a reset or a timeout raises and fails the test
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), received[:300]
+    assert b"connection: close" in head.lower()
+    assert json.loads(rest)["error"]["type"] == "body_too_large"  # one answer, nothing after
+

@@ -21,7 +21,7 @@ from reranker import Reranker, RerankerError
 from reranker.reranker import rank_scores
 from reranker_server.errors import ApiError
 from reranker_server.metrics import ServerMetrics
-from reranker_server.pool import QueueFull, QueueTimeout, RerankerPool
+from reranker_server.pool import ClientGone, QueueFull, QueueTimeout, RerankerPool, ShuttingDown
 from reranker_server.schemas import (ModelCard, ModelList, RerankRequest, RerankResponse,
                                      RerankResultItem, ResultDocument, Usage)
 from reranker_server.settings import ServerSettings
@@ -69,7 +69,10 @@ def create_app(settings: ServerSettings,
         try:
             yield
         finally:
-            workers.close()
+            # uvicorn gets here once running requests are done or its grace period is over;
+            # then running work is stopped. In a thread: the requests stopped meanwhile
+            # answer on this loop.
+            await asyncio.to_thread(workers.close)
 
     # FastAPI's own /docs and /redoc load their scripts from a CDN, blank on a machine
     # without internet access; these serve the copies the fastapi-offline package ships.
@@ -153,26 +156,38 @@ async def _rerank(body: RerankRequest, request: Request, settings: ServerSetting
         raise ApiError(413, "too_many_documents", f"{len(documents)} documents exceed this "
                        f"server's limit of {settings.max_documents}", field="documents")
 
-    def work(reranker: Reranker):
+    def work(reranker: Reranker, should_stop: Callable[[], bool]):
         tokens = reranker.count_tokens(body.query) + sum(
             min(reranker.count_tokens(d), reranker.max_doc_tokens) for d in documents)
         if tokens > settings.max_tokens:
             raise ApiError(413, "too_many_tokens", f"the query and documents hold {tokens} "
                            f"tokens; this server's limit is {settings.max_tokens}",
                            field="documents")
-        return reranker.score(body.query, documents, instruction=body.instruction)
+        return reranker.score(body.query, documents, instruction=body.instruction,
+                              should_stop=should_stop)
 
     pool: RerankerPool = request.app.state.pool
     try:
-        scored = await pool.run(work)
+        scored = await pool.run(work, client_gone=request.is_disconnected)
     except QueueFull:
         raise ApiError(429, "overloaded", f"all {pool.workers} worker(s) are busy and "
                        f"{pool.queue_size} request(s) are waiting; retry later",
                        headers={"Retry-After": str(_retry_after(pool))}) from None
     except QueueTimeout:
-        raise ApiError(503, "queue_timeout", f"the request waited more than "
-                       f"{settings.queue_timeout:g} s for a worker; retry later",
+        raise ApiError(503, "queue_timeout", f"the request waited {settings.queue_timeout:g} s "
+                       "for a worker (the server's --queue-timeout); retry later",
                        headers={"Retry-After": str(_retry_after(pool))}) from None
+    except ClientGone as gone:
+        stage = "running" if gone.running else "waiting"
+        metrics.cancelled.labels(reason="client_gone", stage=stage).inc()
+        raise ApiError(CLIENT_CLOSED_REQUEST, "client_closed_request", "the client "
+                       f"disconnected; the request was dropped while {stage}") from None
+    except ShuttingDown as stopped:
+        stage = "running" if stopped.running else "waiting"
+        metrics.cancelled.labels(reason="shutdown", stage=stage).inc()
+        raise ApiError(503, "shutting_down", "the server is shutting down and stopped this "
+                       "request when its grace period (--shutdown-timeout) ran out; retry",
+                       headers={"Connection": "close"}) from None
     except RerankerError as error:
         raise ApiError(422, "unprocessable", str(error)) from None
     metrics.tokens.inc(scored.total_tokens)

@@ -24,6 +24,10 @@ class ServerMetrics:
                                      "their KV cache was kept from the block or request before",
                                      registry=self.registry)
         self.documents = Counter("reranker_documents", "Documents scored", registry=self.registry)
+        self.cancelled = Counter("reranker_cancelled_requests", "Rerank requests dropped or "
+                                 "stopped before their answer, by reason (client_gone, "
+                                 "shutdown) and stage (waiting, running)",
+                                 ["reason", "stage"], registry=self.registry)
         self.queue_depth = Gauge("reranker_queue_depth", "Requests waiting for a worker",
                                  registry=self.registry)
         self.running = Gauge("reranker_running", "Requests being scored", registry=self.registry)

@@ -512,3 +512,114 @@ def test_a_declared_oversize_body_gets_413_and_the_connection_closes(server):
     assert b"connection: close" in head.lower()
     assert json.loads(rest)["error"]["type"] == "body_too_large"  # one answer, nothing after
 
+
+# -- queue timeout, clients that leave, shutdown -----------------------------------------------
+
+# About 40 s of scoring on the tiny q8_0 model here: long enough that each test below
+# can only pass by stopping or refusing in time, never by waiting for it to end.
+SLOW = {"query": "q", "documents": [f"document {i} " + "text " * 40 for i in range(400)],
+        "return_documents": False}
+
+
+def open_request(server, body) -> socket.socket:
+    """Send a rerank request on a raw socket and return it unread: closing it is a client
+    that goes away."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(data) + data)
+    return sock
+
+
+def wait_for_health(server, deadline_s=30, **expected):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        health = httpx.get(server.url + "/health").json()
+        if all(health[k] == v for k, v in expected.items()):
+            return health
+        time.sleep(0.02)
+    raise AssertionError(f"/health never showed {expected}: {health}")
+
+
+@pytest.fixture(scope="module")
+def slow_server(converted):
+    s = Server(converted("q8_0"), "--workers", "1", "--queue-timeout", "2")
+    yield s
+    s.stop()
+
+
+def metrics_of(server) -> str:
+    return httpx.get(server.url + "/metrics").text
+
+
+def test_the_queue_timeout_answers_503_when_it_expires(slow_server):
+    running = open_request(slow_server, SLOW)
+    try:
+        wait_for_health(slow_server, running=1)
+        started = time.monotonic()
+        response = slow_server.post({"query": "q", "documents": ["a"]})
+        waited = time.monotonic() - started
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["type"] == "queue_timeout"
+        assert int(response.headers["Retry-After"]) >= 1
+        assert waited < 4.5, f"503 after {waited:.1f} s for a 2 s queue timeout"
+        # Refused, so gone from the queue; the slow request is still the one running.
+        assert wait_for_health(slow_server, 2, running=1, waiting=0)
+    finally:
+        running.close()
+    wait_for_health(slow_server, 10, running=0, waiting=0)
+
+
+def test_a_client_that_leaves_is_dropped_from_the_queue_and_its_running_work_stopped(
+        slow_server, converted):
+    from reranker import Reranker
+
+    before = metrics_of(slow_server)
+    running = open_request(slow_server, SLOW)
+    wait_for_health(slow_server, running=1)
+    waiting = open_request(slow_server, SLOW)
+    wait_for_health(slow_server, running=1, waiting=1)
+    waiting.close()
+    wait_for_health(slow_server, 2, running=1, waiting=0)
+    running.close()
+    wait_for_health(slow_server, 2, running=0)
+
+    # The worker is free at once, and its llama.cpp context gives a fresh context's
+    # scores: nothing of the aborted decode is reused.
+    body = {"query": "q", "documents": SLOW["documents"][:3] + DOCS, "return_documents": False}
+    started = time.monotonic()
+    response = slow_server.post(body)
+    assert response.status_code == 200 and time.monotonic() - started < 5
+    with Reranker(converted("q8_0"), n_threads=2) as fresh:
+        expected = fresh.score(body["query"], body["documents"]).scores
+    for result in response.json()["results"]:
+        assert result["relevance_score"] == expected[result["index"]]
+
+    after = metrics_of(slow_server)
+    for stage in ("waiting", "running"):
+        assert _counter(after, "reranker_cancelled_requests_total", reason="client_gone",
+                        stage=stage) == _counter(before, "reranker_cancelled_requests_total",
+                                                 reason="client_gone", stage=stage) + 1
+    assert _counter(after, "reranker_requests_total", path="/v1/rerank", status=499) == \
+        _counter(before, "reranker_requests_total", path="/v1/rerank", status=499) + 2
+    # Neither slow request was scored: only the last request's documents were.
+    assert _counter(after, "reranker_documents_total") == \
+        _counter(before, "reranker_documents_total") + len(body["documents"])
+
+
+def test_the_shutdown_grace_period_ends_with_a_503(converted):
+    server = Server(converted("q8_0"), "--workers", "1", "--shutdown-timeout", "1")
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=server.post(SLOW)))
+    thread.start()
+    wait_for_health(server, running=1)
+    stopped = time.monotonic()
+    returncode, err = server.stop()
+    thread.join()
+    response = result["r"]
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["type"] == "shutting_down"
+    assert returncode == 0
+    # 1 s of grace, then the decode is aborted: not the ~40 s the request needed.
+    assert time.monotonic() - stopped < 10
+    assert "status 503 (shutting_down)" in err

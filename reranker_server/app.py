@@ -22,8 +22,8 @@ from reranker.reranker import rank_scores
 from reranker_server.errors import ApiError
 from reranker_server.metrics import ServerMetrics
 from reranker_server.pool import ClientGone, QueueFull, QueueTimeout, RerankerPool, ShuttingDown
-from reranker_server.schemas import (ModelCard, ModelList, RerankRequest, RerankResponse,
-                                     RerankResultItem, ResultDocument, Usage)
+from reranker_server.schemas import (ErrorResponse, ModelCard, ModelList, RerankRequest,
+                                     RerankResponse, RerankResultItem, ResultDocument, Usage)
 from reranker_server.settings import ServerSettings
 
 logger = logging.getLogger("reranker.server")
@@ -141,8 +141,16 @@ def create_app(settings: ServerSettings,
                 logger.info("request %s: query %r, documents %r", request_id, body.query,
                             body.texts())
 
+    # The schema documents the error shape these answer in (in place of FastAPI's
+    # {"detail": ...} for 422), so that generated clients read errors right.
+    described = ((400, "Body not JSON or not UTF-8"), (401, "Missing or wrong API key"),
+                 (404, "Unknown model"), (413, "Over a size limit"),
+                 (415, "Body not sent as JSON"), (422, "Invalid request"), (429, "Queue full"),
+                 (503, "Queue timeout or shutting down"))
+    errors = {status: {"model": ErrorResponse, "description": text} for status, text in described}
     for path in ("/v1/rerank", "/rerank"):
-        app.post(path, response_model=RerankResponse, response_model_exclude_none=True)(rerank)
+        app.post(path, response_model=RerankResponse, response_model_exclude_none=True,
+                 responses=errors)(rerank)
     return app
 
 

@@ -100,7 +100,10 @@ def test_health_models_openapi_and_metrics(server):
     assert health["status"] == "ok" and health["cpu_path"] == resolve_cpu_path().name
     models = httpx.get(server.url + "/v1/models").json()
     assert models["data"][0]["id"] == "tiny-q8_0"
-    assert "/v1/rerank" in httpx.get(server.url + "/openapi.json").json()["paths"]
+    schema = httpx.get(server.url + "/openapi.json").json()
+    for status in ("400", "413", "422", "503"):  # in the shape the server answers in
+        assert schema["paths"]["/v1/rerank"]["post"]["responses"][status]["content"][
+            "application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
     server.post({"query": "q", "documents": ["a", "b"]})
     metrics = httpx.get(server.url + "/metrics").text
     for name in ("reranker_requests_total", "reranker_request_seconds_bucket",

@@ -148,7 +148,7 @@ class LlamaEngine:
         return buf[0]
 
     # -- hidden states ---------------------------------------------------------
-    def hidden_states(self, tokens: Sequence[int], positions: Sequence[int], *,
+    def hidden_states(self, tokens: Sequence[int], positions: Sequence[int],
                       should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         """Final hidden states at `positions` (ascending) of one sequence: [len(positions), hidden].
 

@@ -257,8 +257,9 @@ class Reranker:
                 half = len(block) // 2
                 queue += [block[half:], block[:half]]
                 continue
+            # Positional: tests/test_runtime.py wraps hidden_states as f(*args).
             states = self._engine.hidden_states(ids, doc_positions + [query_position],
-                                                should_stop=should_stop)
+                                                should_stop)
             decoded += self._engine.decoded_tokens
             reused += self._engine.reused_tokens
             projected = self.projector(states)

@@ -11,8 +11,8 @@ import click
 
 from reranker.cpu_canary import (FAMILIES, CanaryRun, Runner, compare_with_reference,
                                  first_failure, run_canary, run_families, write_canary_models)
-from reranker.cpu_path import (CpuPath, extra_path_name, machine_key, resolve_cpu_path,
-                               save_verdict, verdicts_file)
+from reranker.cpu_path import (CpuPath, CpuPathError, extra_path_name, machine_key,
+                               resolve_cpu_path, save_verdict, verdicts_file)
 from reranker.cpu_support import CpuInfo, LlamaBuild, read_cpu_info, read_llama_build
 from reranker.reranker import resolve_model_file
 from reranker_cli.errors import friendly_errors
@@ -78,7 +78,11 @@ def diagnose(folder: Path, *, cpu: CpuInfo | None = None, build: LlamaBuild | No
             except OSError as error:  # the report is still worth printing
                 record_error = f"could not record the outcome in {verdicts_file()}: {error}"
     working = [path for path, runs in checks.items() if first_failure(runs) is None]
-    return Diagnosis(cpu, build, checks, resolve_cpu_path(), working, record_error)
+    try:
+        chosen = resolve_cpu_path()
+    except CpuPathError as error:  # a bad override: the report is what shows the way out
+        chosen = CpuPath("none", str(error))
+    return Diagnosis(cpu, build, checks, chosen, working, record_error)
 
 
 def _time_request(model: Path, threads: int | None) -> dict:
@@ -127,6 +131,9 @@ def _report(diagnosis: Diagnosis) -> list[str]:
     if not diagnosis.working:
         lines.append("no path decodes every weight family on this machine: report the lines "
                      "above with the llama-cpp-python build (see README, Supported CPUs)")
+    elif diagnosis.chosen.name == "none":
+        lines.append(f"warning: the override cannot be used on this build; unset it or use "
+                     f"one of: {', '.join(diagnosis.working)}")
     elif diagnosis.chosen.name not in diagnosis.working:
         lines.append(f"warning: the chosen path {diagnosis.chosen.name} failed a check above; "
                      f"unset the override or use one of: {', '.join(diagnosis.working)}")

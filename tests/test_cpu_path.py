@@ -360,3 +360,15 @@ def test_doctor_still_reports_when_it_cannot_record(tmp_path, monkeypatch, plain
     assert "decode checks" in done.output
     if read_llama_build().extra_buffer_types:
         assert "warning: could not record the outcome" in done.output
+
+
+def test_doctor_with_an_override_this_build_cannot_give_still_reports(cache, monkeypatch,
+                                                                      plain_child):
+    unavailable = "repack" if read_llama_build().has_amx_buffer else "amx"
+    monkeypatch.setenv("RERANKER_CPU_PATH", unavailable)
+    monkeypatch.setattr("reranker_cli.doctor_command.run_canary", plain_child)
+    done = CliRunner().invoke(cli, ["doctor"])
+    assert done.exit_code == 0, done.output
+    assert "decode checks" in done.output
+    assert f"path:       none (CPU path '{unavailable}' (from RERANKER_CPU_PATH)" in done.output
+    assert "warning: the override cannot be used on this build; unset it" in done.output

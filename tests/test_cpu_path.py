@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import sys
 from dataclasses import replace
 from pathlib import Path

@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from convert import __version__
+from reranker import __version__
 from convert.checkpoint import Checkpoint
 from convert.file_types import FileType
 from reranker.safetensors_file import load_float32

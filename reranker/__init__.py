@@ -1,10 +1,16 @@
 """Listwise reranking with jina-reranker-v3 on CPU, through llama.cpp."""
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
                              RerankerClosedError, RerankerError)
 from reranker.reranker import Reranker, RerankResult, Scores
 
 __all__ = ["InputTooLongError", "ModelFileError", "Reranker", "RerankResult",
            "RerankerCancelled", "RerankerClosedError", "RerankerError", "Scores"]
-__version__ = "0.1.0"
+try:
+    # One version string, pyproject.toml's: the CLI, the server and converted files all read it.
+    __version__ = _metadata.version("reranker")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -265,7 +265,7 @@ def measure(engine: str, model: str | None, workload: str, args) -> dict:
 
 def cold_start(model: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "reranker_cli.main", "rerank", "-m", model, "-q", QUERY,
+    subprocess.run([sys.executable, "-m", "reranker.cli.main", "rerank", "-m", model, "-q", QUERY,
                     "-d", "a harbor city in winter", "--json"], check=True, capture_output=True)
     return round(time.perf_counter() - started, 2)
 

@@ -32,7 +32,7 @@ def cpu_model() -> str:
 def run_one(checkpoint: Path, type_name: str, out_dir: Path) -> dict:
     out = out_dir / f"bench-{type_name}.gguf"
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "reranker_cli.main", "convert",
+    proc = subprocess.Popen([sys.executable, "-m", "reranker.cli.main", "convert",
                              str(checkpoint), "-o", str(out), "-t", type_name, "--force"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)

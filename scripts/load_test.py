@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from reranker_cli.serve_command import is_loopback
+from reranker.cli.serve_command import is_loopback
 
 WORKLOADS = {  # name: (documents, words per document), as in the benchmark issue
     "interactive": (10, 50),

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from reranker import Reranker
-from reranker_cli.main import cli
+from reranker.cli.main import cli
 
 DOCS = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Bananas."]
 
@@ -192,13 +192,13 @@ def test_every_command_has_help_with_an_example(runner, command):
 
 
 def test_the_console_script_runs_as_a_process(converted):
-    done = subprocess.run([sys.executable, "-m", "reranker_cli.main", "rerank", "-m",
+    done = subprocess.run([sys.executable, "-m", "reranker.cli.main", "rerank", "-m",
                            str(converted("q8_0")), "-q", "x", "--json"], input="a\nb\n",
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["results"]) == 2
     assert done.stderr == ""  # llama.cpp stays quiet without -v
-    verbose = subprocess.run([sys.executable, "-m", "reranker_cli.main", "-v", "rerank", "-m",
+    verbose = subprocess.run([sys.executable, "-m", "reranker.cli.main", "-v", "rerank", "-m",
                               str(converted("q8_0")), "-q", "x", "-d", "a"],
                              capture_output=True, text=True, timeout=120)
     assert "llama_model_loader" in verbose.stderr

@@ -15,7 +15,7 @@ from reranker.errors import ModelFileError
 from reranker.evaluation.agreement import kendall_tau_b, measure_agreement, top_k_overlap
 from reranker.evaluation.compare import (RerankRequest, compare_models, ladder_files,
                                          quantization_ladder)
-from reranker_cli.main import cli
+from reranker.cli.main import cli
 
 WORDS = ("river city capital market history science music winter harbor mountain language "
          "engine garden library theory ocean forest village bridge festival").split()

@@ -336,7 +336,7 @@ def umask():
 def test_outputs_get_the_mode_of_the_users_umask(tiny_checkpoint, converted, tmp_path, umask,
                                                  type_name, mask):
     from convert.pull import record_checksums
-    from reranker_cli.eval_commands import write_json_atomically
+    from reranker.cli.eval_commands import write_json_atomically
 
     umask(mask)
     expected = 0o666 & ~mask  # as a plain open() gives a new file
@@ -357,7 +357,7 @@ def test_a_killed_conversion_is_removed_by_the_next_run(tiny_checkpoint, tmp_pat
     import time
 
     out = tmp_path / "model.gguf"
-    command = [sys.executable, "-m", "reranker_cli.main", "convert", str(tiny_checkpoint),
+    command = [sys.executable, "-m", "reranker.cli.main", "convert", str(tiny_checkpoint),
                "-o", str(out), "-t", "q4_k_m"]
     killed = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

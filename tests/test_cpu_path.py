@@ -24,7 +24,7 @@ from reranker.cpu_path import (CpuPathError, Verdict, choose_cpu_path, extra_pat
                                load_verdict, machine_key, resolve_cpu_path, save_verdict,
                                verdicts_file)
 from reranker.cpu_support import elf_comment, read_cpu_info, read_llama_build
-from reranker_cli.main import cli
+from reranker.cli.main import cli
 
 AMX_BUILD = ("AMX", "CPU_REPACK")
 NO_AMX_BUILD = ("CPU_REPACK",)
@@ -281,13 +281,13 @@ def test_doctor_with_a_crashing_amx_path_reports_it_and_falls_back(cache, monkey
     segfaults); the other families run the real child on plain."""
     build = forced_build(AMX_BUILD)
     monkeypatch.setattr("reranker.cpu_path.read_llama_build", lambda: build)
-    monkeypatch.setattr("reranker_cli.doctor_command.read_llama_build", lambda: build)
+    monkeypatch.setattr("reranker.cli.doctor_command.read_llama_build", lambda: build)
 
     def runner(model: Path, path: str) -> CanaryRun:
         if path == "amx" and ("q8_0" in model.name or "q4_k_m" in model.name):
             return run_canary(model, path, command=SEGFAULT)
         return plain_child(model, path)
-    monkeypatch.setattr("reranker_cli.doctor_command.run_canary", runner)
+    monkeypatch.setattr("reranker.cli.doctor_command.run_canary", runner)
     done = CliRunner().invoke(cli, ["doctor"])
     assert done.exit_code == 0, done.output
     assert "amx q8_0: crashed (signal 11, SIGSEGV) -> using plain" in done.output
@@ -301,8 +301,8 @@ def test_doctor_with_a_crashing_amx_path_reports_it_and_falls_back(cache, monkey
 def test_doctor_records_a_working_amx_path_and_auto_follows(cache, monkeypatch, plain_child):
     build = forced_build(AMX_BUILD)
     monkeypatch.setattr("reranker.cpu_path.read_llama_build", lambda: build)
-    monkeypatch.setattr("reranker_cli.doctor_command.read_llama_build", lambda: build)
-    monkeypatch.setattr("reranker_cli.doctor_command.run_canary", plain_child)  # AMX that works
+    monkeypatch.setattr("reranker.cli.doctor_command.read_llama_build", lambda: build)
+    monkeypatch.setattr("reranker.cli.doctor_command.run_canary", plain_child)  # AMX that works
     done = CliRunner().invoke(cli, ["doctor", "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["path"]["name"] == "amx"
@@ -310,7 +310,7 @@ def test_doctor_records_a_working_amx_path_and_auto_follows(cache, monkeypatch, 
 
 
 def test_doctor_exits_non_zero_only_when_no_path_works(cache, monkeypatch):
-    monkeypatch.setattr("reranker_cli.doctor_command.run_canary",
+    monkeypatch.setattr("reranker.cli.doctor_command.run_canary",
                         lambda model, path: run_canary(model, path, command=SEGFAULT))
     done = CliRunner().invoke(cli, ["doctor"])
     assert done.exit_code == 1
@@ -352,7 +352,7 @@ def test_doctor_still_reports_when_it_cannot_record(tmp_path, monkeypatch, plain
     blocked = tmp_path / "a-file-where-the-cache-would-go"
     blocked.write_text("")
     monkeypatch.setenv("RERANKER_CACHE_DIR", str(blocked))
-    monkeypatch.setattr("reranker_cli.doctor_command.run_canary", plain_child)
+    monkeypatch.setattr("reranker.cli.doctor_command.run_canary", plain_child)
     done = CliRunner().invoke(cli, ["doctor"])
     assert done.exit_code == 0, done.output
     assert "decode checks" in done.output
@@ -364,7 +364,7 @@ def test_doctor_with_an_override_this_build_cannot_give_still_reports(cache, mon
                                                                       plain_child):
     unavailable = "repack" if read_llama_build().has_amx_buffer else "amx"
     monkeypatch.setenv("RERANKER_CPU_PATH", unavailable)
-    monkeypatch.setattr("reranker_cli.doctor_command.run_canary", plain_child)
+    monkeypatch.setattr("reranker.cli.doctor_command.run_canary", plain_child)
     done = CliRunner().invoke(cli, ["doctor"])
     assert done.exit_code == 0, done.output
     assert "decode checks" in done.output

@@ -17,7 +17,7 @@ from reranker.evaluation.metrics import (evaluate_rankings, ndcg_at_k, query_met
 from reranker.evaluation.rerank_eval import evaluate_reranking, prepare_evaluation
 from reranker.evaluation.trec_run import read_run, run_rankings
 from reranker.reranker import rank_scores
-from reranker_cli.main import cli
+from reranker.cli.main import cli
 
 # -- metrics by hand ----------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ def fill_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> Path:
 def run_cli(args, tmp_path, cache):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache),
                RERANKER_MODELS_DIR=str(tmp_path / "models"))
-    return subprocess.run([sys.executable, "-m", "reranker_cli.main", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "reranker.cli.main", *args], env=env,
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 

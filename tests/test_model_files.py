@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from reranker_cli.main import cli
+from reranker.cli.main import cli
 
 
 def _set_u32(data: bytearray, key: str, value: int) -> None:
@@ -89,7 +89,7 @@ def test_serve_refuses_a_damaged_file_in_one_line(damaged, case):
     path = damaged(case)
     # A real process: the server must stop before binding, and an abort must not take
     # pytest with it.
-    done = subprocess.run([sys.executable, "-m", "reranker_cli.main", "serve", "-m", str(path),
+    done = subprocess.run([sys.executable, "-m", "reranker.cli.main", "serve", "-m", str(path),
                            "--port", "0"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(f"Error: {path}") and DAMAGE[case][1] in done.stderr

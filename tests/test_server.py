@@ -29,7 +29,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "reranker_cli.main", "serve", "-m", str(model),
+            [sys.executable, "-m", "reranker.cli.main", "serve", "-m", str(model),
              "--port", str(self.port), "--threads", "2", *args],
             env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
@@ -261,8 +261,8 @@ def test_the_server_is_ready_only_after_each_worker_has_scored(converted):
     from fastapi.testclient import TestClient
 
     from reranker import InputTooLongError, Reranker
-    from reranker_server.app import create_app
-    from reranker_server.settings import ServerSettings
+    from reranker.server.app import create_app
+    from reranker.server.settings import ServerSettings
 
     model = converted("q8_0")
 
@@ -294,7 +294,7 @@ def test_the_server_is_ready_only_after_each_worker_has_scored(converted):
 
 def test_serve_refuses_a_bad_cpu_path_in_one_line_before_binding(converted):
     port = free_port()
-    done = subprocess.run([sys.executable, "-m", "reranker_cli.main", "serve", "-m",
+    done = subprocess.run([sys.executable, "-m", "reranker.cli.main", "serve", "-m",
                            str(converted("q8_0")), "--port", str(port)],
                           env=dict(os.environ, RERANKER_CPU_PATH="turbo"), capture_output=True,
                           text=True, timeout=120)
@@ -357,8 +357,8 @@ def test_an_unexpected_failure_is_a_json_500_and_the_server_keeps_serving(conver
     from fastapi.testclient import TestClient
 
     from reranker import Reranker
-    from reranker_server.app import create_app
-    from reranker_server.settings import ServerSettings
+    from reranker.server.app import create_app
+    from reranker.server.settings import ServerSettings
 
     model = converted("q8_0")
 
@@ -387,8 +387,8 @@ def test_api_keys_are_compared_as_bytes(converted):
     bytes, which once made hmac raise and every request answer 500."""
     from fastapi.testclient import TestClient
 
-    from reranker_server.app import create_app
-    from reranker_server.settings import ServerSettings
+    from reranker.server.app import create_app
+    from reranker.server.settings import ServerSettings
 
     key = "clé-secrète-ключ"
     settings = ServerSettings(model_path=converted("q8_0"), model_name="tiny", api_key=key,
@@ -423,7 +423,7 @@ def test_serve_refuses_a_key_that_cannot_travel_in_a_header(converted, tmp_path,
     else:
         (tmp_path / "key").write_text(key, encoding="utf-8")
         args = ["--api-key-file", str(tmp_path / "key")]
-    done = subprocess.run([sys.executable, "-m", "reranker_cli.main", "serve", "-m",
+    done = subprocess.run([sys.executable, "-m", "reranker.cli.main", "serve", "-m",
                            str(converted("q8_0")), "--port", str(free_port()), *args],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr

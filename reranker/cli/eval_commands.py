@@ -12,11 +12,11 @@ from reranker.evaluation.compare import (RerankRequest, compare_models, ladder_f
                                          quantization_ladder, requests_from_evaluation)
 from reranker.evaluation.rerank_eval import (EvaluationReport, evaluate_reranking,
                                              prepare_evaluation)
-from reranker_cli.documents_input import input_name, read_batch
-from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import MODEL_HELP, resolve_model
-from reranker_cli.progress import ProgressBars
-from reranker_cli.runtime_options import block_tokens_option, cpu_path_option
+from reranker.cli.documents_input import input_name, read_batch
+from reranker.cli.errors import friendly_errors
+from reranker.cli.models_dir import MODEL_HELP, resolve_model
+from reranker.cli.progress import ProgressBars
+from reranker.cli.runtime_options import block_tokens_option, cpu_path_option
 
 
 def candidate_options(command):

@@ -15,8 +15,8 @@ from reranker.cpu_path import (CpuPath, CpuPathError, extra_path_name, machine_k
                                resolve_cpu_path, save_verdict, verdicts_file)
 from reranker.cpu_support import CpuInfo, LlamaBuild, read_cpu_info, read_llama_build
 from reranker.reranker import resolve_model_file
-from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import resolve_model
+from reranker.cli.errors import friendly_errors
+from reranker.cli.models_dir import resolve_model
 
 # A request like an interactive one, for --model: 10 documents of about 50 words.
 _WORDS = ("retrieval ranking passage query model relevance search answer context document "

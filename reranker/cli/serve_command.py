@@ -11,9 +11,9 @@ import click
 
 from reranker.model_info import describe_model
 from reranker.reranker import resolve_model_file
-from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import resolve_model
-from reranker_cli.runtime_options import block_tokens_option, cpu_path_option
+from reranker.cli.errors import friendly_errors
+from reranker.cli.models_dir import resolve_model
+from reranker.cli.runtime_options import block_tokens_option, cpu_path_option
 
 API_KEY_ENV = "RERANKER_API_KEY"
 
@@ -29,7 +29,7 @@ def is_loopback(host: str) -> bool:
 
 
 def _read_api_key(api_key_file: Path | None) -> str | None:
-    from reranker_server.settings import api_key_problem
+    from reranker.server.settings import api_key_problem
 
     if api_key_file is not None:
         source = f"--api-key-file {api_key_file}"
@@ -98,8 +98,8 @@ def serve(model, projector, host, port, model_name, workers, threads, block_toke
     try:
         import uvicorn
 
-        from reranker_server.app import create_app, open_pool
-        from reranker_server.settings import ServerSettings
+        from reranker.server.app import create_app, open_pool
+        from reranker.server.settings import ServerSettings
     except ImportError as e:
         raise click.ClickException(f"the server needs its extra: pip install 'reranker[server]' "
                                    f"({e.name} is missing)") from None

@@ -7,9 +7,9 @@ import click
 
 from convert.api import ConversionSummary, convert_checkpoint, quantize_gguf
 from convert.file_types import FILE_TYPES
-from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import ensure_models_dir, models_dir
-from reranker_cli.progress import ProgressBars
+from reranker.cli.errors import friendly_errors
+from reranker.cli.models_dir import ensure_models_dir, models_dir
+from reranker.cli.progress import ProgressBars
 
 # Types needing an importance matrix stay accepted so the refusal can say why.
 TYPE_CHOICE = click.Choice(list(FILE_TYPES), case_sensitive=False)

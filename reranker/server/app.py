@@ -17,14 +17,14 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from reranker import Reranker, RerankerError
+from reranker import Reranker, RerankerError, __version__
 from reranker.reranker import rank_scores
-from reranker_server.errors import ApiError
-from reranker_server.metrics import ServerMetrics
-from reranker_server.pool import ClientGone, QueueFull, QueueTimeout, RerankerPool, ShuttingDown
-from reranker_server.schemas import (ErrorResponse, ModelCard, ModelList, RerankRequest,
+from reranker.server.errors import ApiError
+from reranker.server.metrics import ServerMetrics
+from reranker.server.pool import ClientGone, QueueFull, QueueTimeout, RerankerPool, ShuttingDown
+from reranker.server.schemas import (ErrorResponse, ModelCard, ModelList, RerankRequest,
                                      RerankResponse, RerankResultItem, ResultDocument, Usage)
-from reranker_server.settings import ServerSettings
+from reranker.server.settings import ServerSettings
 
 logger = logging.getLogger("reranker.server")
 DOCS_ASSETS = "/docs/assets"  # Swagger UI and ReDoc files, served from the installed package
@@ -76,7 +76,7 @@ def create_app(settings: ServerSettings,
 
     # FastAPI's own /docs and /redoc load their scripts from a CDN, blank on a machine
     # without internet access; these serve the copies the fastapi-offline package ships.
-    app = FastAPIOffline(title="reranker", version="0.1.0", lifespan=lifespan,
+    app = FastAPIOffline(title="reranker", version=__version__, lifespan=lifespan,
                          description="The Jina / Cohere rerank API for jina-reranker-v3 on CPU.",
                          static_url=DOCS_ASSETS,
                          # Swagger UI would send the schema to an online validator.

@@ -11,11 +11,11 @@ import click
 from reranker import Reranker
 from reranker.errors import RerankerError
 from reranker.reranker import rank_scores
-from reranker_cli.documents_input import (InputError, batch_requests, check_text, input_name,
+from reranker.cli.documents_input import (InputError, batch_requests, check_text, input_name,
                                           read_documents)
-from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import MODEL_HELP, resolve_model
-from reranker_cli.runtime_options import block_tokens_option, cpu_path_option
+from reranker.cli.errors import friendly_errors
+from reranker.cli.models_dir import MODEL_HELP, resolve_model
+from reranker.cli.runtime_options import block_tokens_option, cpu_path_option
 
 
 def response_json(model_name: str, results, total_tokens: int, include_documents: bool = True) -> dict:

@@ -8,8 +8,8 @@ import click
 from reranker.cpu_path import resolve_cpu_path
 from reranker.model_info import describe_model
 from reranker.reranker import resolve_model_file
-from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import resolve_model
+from reranker.cli.errors import friendly_errors
+from reranker.cli.models_dir import resolve_model
 
 
 @click.command()

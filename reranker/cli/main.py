@@ -7,13 +7,13 @@ import sys
 
 import click
 
-from reranker_cli.convert_commands import convert, quantize
-from reranker_cli.doctor_command import doctor
-from reranker_cli.eval_commands import compare, evaluate
-from reranker_cli.inspect_command import inspect
-from reranker_cli.pull_command import pull
-from reranker_cli.rerank_command import rerank
-from reranker_cli.serve_command import serve
+from reranker.cli.convert_commands import convert, quantize
+from reranker.cli.doctor_command import doctor
+from reranker.cli.eval_commands import compare, evaluate
+from reranker.cli.inspect_command import inspect
+from reranker.cli.pull_command import pull
+from reranker.cli.rerank_command import rerank
+from reranker.cli.serve_command import serve
 
 
 def _interrupt_on_sigterm(signum, frame):

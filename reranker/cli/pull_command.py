@@ -4,9 +4,9 @@ from __future__ import annotations
 import click
 
 from convert.pull import CHECKSUMS_FILE, pull_converted, pull_published_gguf
-from reranker_cli.convert_commands import TYPE_CHOICE, StageProgress
-from reranker_cli.errors import friendly_errors
-from reranker_cli.models_dir import DEFAULT_HUB_REPO, ensure_models_dir, record_default_model
+from reranker.cli.convert_commands import TYPE_CHOICE, StageProgress
+from reranker.cli.errors import friendly_errors
+from reranker.cli.models_dir import DEFAULT_HUB_REPO, ensure_models_dir, record_default_model
 
 
 @click.command()

@@ -17,4 +17,11 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# On CPUs with AMX the default (GCC 12) build's AMX kernels crash: rebuild with clang 19,
+# checked by `reranker-cli doctor`. RERANKER_CLANG_BUILD=0 keeps the default build, which
+# is still correct there: `auto` loads weights without the AMX layout until doctor passes.
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && [ "${RERANKER_CLANG_BUILD:-1}" != 0 ]; then
+    bash scripts/build_llama_clang.sh \
+        || echo "warning: the clang 19 build failed; keeping the default build" >&2
+fi
 echo "installed into .venv: $(.venv/bin/reranker-cli --version)"

@@ -6,9 +6,11 @@ from importlib import metadata as _metadata
 from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
                              RerankerClosedError, RerankerError)
 from reranker.reranker import Reranker, RerankResult, Scores
+from reranker.api_contract import RequestError, RerankRequest, RerankResponse, answer_request
 
 __all__ = ["InputTooLongError", "ModelFileError", "Reranker", "RerankResult",
-           "RerankerCancelled", "RerankerClosedError", "RerankerError", "Scores"]
+           "RerankerCancelled", "RerankerClosedError", "RerankerError", "Scores",
+           "RequestError", "RerankRequest", "RerankResponse", "answer_request"]
 try:
     # One version string, pyproject.toml's: the CLI, the server and converted files all read it.
     __version__ = _metadata.version("reranker")

@@ -34,14 +34,6 @@ class RerankResult:
     document: str
     embedding: np.ndarray | None = field(default=None, repr=False)
 
-    def to_dict(self, *, include_document: bool = True) -> dict:
-        out: dict = {"index": self.index, "relevance_score": self.relevance_score}
-        if include_document:
-            out["document"] = self.document
-        if self.embedding is not None:
-            out["embedding"] = self.embedding.tolist()
-        return out
-
 
 @dataclass(frozen=True)
 class Scores:

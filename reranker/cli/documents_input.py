@@ -14,6 +14,8 @@ from typing import IO
 
 import click
 
+from reranker.api_contract import RequestError, RerankRequest, parse_request as parse_body
+
 
 class InputError(click.ClickException):
     """Unusable input; `kind` and `field` as in the server's error body."""
@@ -26,12 +28,13 @@ class InputError(click.ClickException):
         """The same error, its message prefixed with where it is (file:line)."""
         return InputError(f"{where}: {self.message}", self.kind, self.field)
 
+    @classmethod
+    def refusing(cls, error: RequestError) -> InputError:
+        return cls(error.message, error.kind, error.field)
+
     def body(self) -> dict:
         """As the server answers: {"error": {"type", "message", "field"}}, field if known."""
-        error = {"type": self.kind, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        return {"error": error}
+        return RequestError(self.message, self.kind, self.field).body()
 
 
 def unicode_problem(text: str) -> str | None:
@@ -131,41 +134,20 @@ def _is_json_object(line: str) -> bool:
         return False
 
 
-def parse_request(line: str) -> dict:
-    """One batch request: {"query", "documents", optional "top_n", "instruction"}, with
-    documents as strings or {"text": ...}. Raises InputError naming the field."""
+def parse_request(line: str) -> RerankRequest:
+    """One batch request, as the server reads its body (reranker.api_contract); raises
+    InputError naming the field."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON ({e.msg})", kind="invalid_json") from None
-    if not isinstance(record, dict):
-        raise InputError('expected an object with "query" and "documents"')
-    if not isinstance(record.get("query"), str):
-        raise InputError('"query" must be a string', field="query")
-    check_text(record["query"], '"query"', "query")
-    docs = record.get("documents")
-    if not isinstance(docs, list):
-        raise InputError('"documents" must be a list', field="documents")
-    texts = []
-    for i, doc in enumerate(docs):
-        text = doc.get("text") if isinstance(doc, dict) else doc
-        if not isinstance(text, str):
-            raise InputError(f'documents[{i}] must be a string or an object with a string "text"',
-                             field=f"documents.{i}")
-        texts.append(check_text(text, f"documents[{i}]", f"documents.{i}"))
-    top_n = record.get("top_n")
-    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0):
-        raise InputError('"top_n" must be a non-negative integer', field="top_n")
-    instruction = record.get("instruction")
-    if instruction is not None:
-        if not isinstance(instruction, str):
-            raise InputError('"instruction" must be a string', field="instruction")
-        check_text(instruction, '"instruction"', "instruction")
-    return {"query": record["query"], "documents": texts, "top_n": top_n,
-            "instruction": instruction}
+    try:
+        return parse_body(record)
+    except RequestError as e:
+        raise InputError.refusing(e) from None
 
 
-def batch_requests(stream: IO[bytes]) -> Iterator[tuple[int, dict | InputError]]:
+def batch_requests(stream: IO[bytes]) -> Iterator[tuple[int, RerankRequest | InputError]]:
     """Each non-blank line's number and its request, or the InputError saying why it is
     not one: a bad line does not stop the lines after it."""
     for number, raw, offset in _lines(stream):
@@ -178,7 +160,7 @@ def batch_requests(stream: IO[bytes]) -> Iterator[tuple[int, dict | InputError]]
             yield number, request
 
 
-def read_batch(stream: IO[bytes], source_name: str) -> list[dict]:
+def read_batch(stream: IO[bytes], source_name: str) -> list[RerankRequest]:
     """Every request of a batch file; the first bad line stops with its error."""
     requests = []
     for number, request in batch_requests(stream):

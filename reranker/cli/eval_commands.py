@@ -135,8 +135,7 @@ def _requests(requests_file, dataset_dir: Path | None, run_file: Path | None, bm
         if run_file is not None or bm25:
             raise click.UsageError("--run and --bm25 go with --dataset, not --requests")
         records = read_batch(requests_file, input_name(requests_file))[:max_queries]
-        requests = [RerankRequest(r["query"], r["documents"], r["instruction"])
-                    for r in records if r["documents"]]
+        requests = [RerankRequest(r.query, r.document_texts(), r.instruction) for r in records]
     else:
         _check_one_first_stage(run_file, bm25)
         with friendly_errors():

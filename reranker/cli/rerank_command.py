@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from reranker import Reranker
+from reranker.api_contract import (TOP_N_MINIMUM, RequestError, RerankRequest,
+                                   RerankResultItem, answer_request, parse_request)
 from reranker.errors import RerankerError
-from reranker.reranker import rank_scores
 from reranker.cli.documents_input import (InputError, batch_requests, check_text, input_name,
                                           read_documents)
 from reranker.cli.errors import friendly_errors
@@ -18,22 +19,11 @@ from reranker.cli.models_dir import MODEL_HELP, resolve_model
 from reranker.cli.runtime_options import block_tokens_option, cpu_path_option
 
 
-def response_json(model_name: str, results, total_tokens: int, include_documents: bool = True) -> dict:
-    """The shape of the Jina / Cohere rerank APIs' responses."""
-    out = []
-    for r in results:
-        item = {"index": r.index, "relevance_score": r.relevance_score}
-        if include_documents:
-            item["document"] = {"text": r.document}
-        out.append(item)
-    return {"model": model_name, "usage": {"total_tokens": total_tokens}, "results": out}
-
-
-def _table(results) -> str:
+def _table(results: list[RerankResultItem]) -> str:
     width = max(40, shutil.get_terminal_size((100, 20)).columns - 24)
     lines = [f"{'rank':>4}  {'index':>5}  {'score':>8}  document"]
     for rank, r in enumerate(results, start=1):
-        text = " ".join(r.document.split())
+        text = " ".join(r.document.text.split()) if r.document is not None else ""
         if len(text) > width:
             text = text[:width - 1] + "…"
         lines.append(f"{rank:>4}  {r.index:>5}  {r.relevance_score:>8.4f}  {text}")
@@ -52,7 +42,8 @@ def _table(results) -> str:
 @click.option("--model", "-m", help=MODEL_HELP)
 @click.option("--projector", type=click.Path(dir_okay=False, path_type=Path),
               help="projector.safetensors for a backbone GGUF without one.")
-@click.option("--top-n", "-n", type=click.IntRange(min=0), help="Only the best N results.")
+@click.option("--top-n", "-n", type=click.IntRange(min=TOP_N_MINIMUM),
+              help="Only the best N results.")
 @click.option("--instruction", "-i", help="Extra ranking instruction placed in the prompt.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all available).")
 @block_tokens_option
@@ -96,20 +87,24 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
             docs = read_documents(stdin.buffer, "<stdin>")
         if not docs:
             raise click.ClickException("no documents to rank (the input was empty)")
-        request = {"query": query, "documents": docs, "top_n": top_n, "instruction": instruction}
+        try:
+            request = parse_request({"query": query, "documents": docs, "top_n": top_n,
+                                     "instruction": instruction,
+                                     "return_documents": not (as_json and no_documents)})
+        except RequestError as e:
+            raise click.ClickException(e.message) from None
 
     model_path = resolve_model(model)
     with friendly_errors(), Reranker(model_path, projector, n_threads=threads,
                                      block_tokens=block_tokens, cpu_path=cpu_path) as ranker:
         if batch_file is None:
-            results, tokens = _run(ranker, request)
+            response = answer_request(ranker, request, model_name=model_path.name)
             if as_json:
-                click.echo(json.dumps(response_json(model_path.name, results, tokens,
-                                                    not no_documents), ensure_ascii=False))
+                click.echo(json.dumps(response.to_json(), ensure_ascii=False))
             else:
-                click.echo(_table(results))
+                click.echo(_table(response.results))
             return
-        failed = _run_batch(ranker, lines, model_path.name, not no_documents)
+        failed = _run_batch(ranker, lines, model_path.name, no_documents)
     if failed:
         shown = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
         raise click.ClickException(
@@ -117,7 +112,8 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
             f"(line {shown}); each has an error object in its place in the output")
 
 
-def _run_batch(ranker: Reranker, lines, model_name: str, include_documents: bool) -> list[int]:
+def _run_batch(ranker: Reranker, lines: list[tuple[int, RerankRequest | InputError]],
+               model_name: str, no_documents: bool) -> list[int]:
     """Answer each request in order, one line each; return the line numbers that failed.
 
     A failed line is answered with the server's error body plus its line number, and the
@@ -127,21 +123,17 @@ def _run_batch(ranker: Reranker, lines, model_name: str, include_documents: bool
     with click.progressbar(lines, label="queries", file=sys.stderr) as bar:
         for number, request in bar:
             if not isinstance(request, InputError):
+                if no_documents:
+                    request = request.model_copy(update={"return_documents": False})
                 try:
-                    results, tokens = _run(ranker, request)
+                    response = answer_request(ranker, request, model_name=model_name)
+                except RequestError as e:
+                    request = InputError.refusing(e)
                 except RerankerError as e:  # well-formed but unscorable: the server's 422
                     request = InputError(str(e), kind="unprocessable")
                 else:
-                    click.echo(json.dumps(response_json(model_name, results, tokens,
-                                                        include_documents), ensure_ascii=False))
+                    click.echo(json.dumps(response.to_json(), ensure_ascii=False))
                     continue
             failed.append(number)
             click.echo(json.dumps({**request.body(), "line": number}, ensure_ascii=False))
     return failed
-
-
-def _run(ranker: Reranker, request: dict):
-    scored = ranker.score(request["query"], request["documents"],
-                          instruction=request["instruction"])
-    results = rank_scores(scored, request["documents"], top_n=request["top_n"])
-    return results, scored.total_tokens

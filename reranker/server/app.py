@@ -18,12 +18,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reranker import Reranker, RerankerError, __version__
-from reranker.reranker import rank_scores
+from reranker.api_contract import (AnyRerankRequest, CohereV2Response, RequestError,
+                                   RerankRequest, RerankResponse, TeiRank, TeiRerankRequest,
+                                   check_for, cohere_v2_response, invalid_request,
+                                   rerank_response, tei_response)
 from reranker.server.errors import ApiError
 from reranker.server.metrics import ServerMetrics
 from reranker.server.pool import ClientGone, QueueFull, QueueTimeout, RerankerPool, ShuttingDown
-from reranker.server.schemas import (ErrorResponse, ModelCard, ModelList, RerankRequest,
-                                     RerankResponse, RerankResultItem, ResultDocument, Usage)
+from reranker.server.schemas import ErrorResponse, ModelCard, ModelList
 from reranker.server.settings import ServerSettings
 
 logger = logging.getLogger("reranker.server")
@@ -139,7 +141,16 @@ def create_app(settings: ServerSettings,
                         len(body.documents), status, note, time.monotonic() - started)
             if settings.log_documents:
                 logger.info("request %s: query %r, documents %r", request_id, body.query,
-                            body.texts())
+                            body.document_texts())
+
+    async def cohere_v2(body: RerankRequest, request: Request) -> CohereV2Response:
+        return cohere_v2_response(await rerank(body, request))
+
+    async def either_shape(body: AnyRerankRequest,
+                           request: Request) -> RerankResponse | list[TeiRank]:
+        if isinstance(body, TeiRerankRequest):
+            return tei_response(await rerank(body.as_rerank_request(), request))
+        return await rerank(body, request)
 
     # The schema documents the error shape these answer in (in place of FastAPI's
     # {"detail": ...} for 422), so that generated clients read errors right.
@@ -148,9 +159,14 @@ def create_app(settings: ServerSettings,
                  (415, "Body not sent as JSON"), (422, "Invalid request"), (429, "Queue full"),
                  (503, "Queue timeout or shutting down"))
     errors = {status: {"model": ErrorResponse, "description": text} for status, text in described}
-    for path in ("/v1/rerank", "/rerank"):
-        app.post(path, response_model=RerankResponse, response_model_exclude_none=True,
-                 responses=errors)(rerank)
+    app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True,
+             responses=errors, summary="Rerank (Jina / Cohere v1 shape)")(rerank)
+    app.post("/v2/rerank", response_model=CohereV2Response, responses=errors,
+             summary="Rerank (Cohere v2 shape)")(cohere_v2)
+    app.post("/rerank", response_model=RerankResponse | list[TeiRank],
+             response_model_exclude_none=True, responses=errors,
+             summary="Rerank: the /v1/rerank body, or text-embeddings-inference's "
+                     "(with \"texts\"), answered in the shape it came in")(either_shape)
     return app
 
 
@@ -159,12 +175,13 @@ async def _rerank(body: RerankRequest, request: Request, settings: ServerSetting
     if body.model is not None and body.model not in settings.accepted_model_names:
         raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; "
                        f"this server serves {settings.model_name!r}", field="model")
-    documents = body.texts()
+    documents = body.document_texts()
     if len(documents) > settings.max_documents:
         raise ApiError(413, "too_many_documents", f"{len(documents)} documents exceed this "
                        f"server's limit of {settings.max_documents}", field="documents")
 
     def work(reranker: Reranker, should_stop: Callable[[], bool]):
+        check_for(reranker, body)
         tokens = reranker.count_tokens(body.query) + sum(
             min(reranker.count_tokens(d), reranker.max_doc_tokens) for d in documents)
         if tokens > settings.max_tokens:
@@ -196,20 +213,15 @@ async def _rerank(body: RerankRequest, request: Request, settings: ServerSetting
         raise ApiError(503, "shutting_down", "the server is shutting down and stopped this "
                        "request when its grace period (--shutdown-timeout) ran out; retry",
                        headers={"Connection": "close"}) from None
+    except RequestError as error:
+        raise ApiError(422, error.kind, error.message, field=error.field) from None
     except RerankerError as error:
         raise ApiError(422, "unprocessable", str(error)) from None
     metrics.tokens.inc(scored.total_tokens)
     metrics.decoded_tokens.inc(scored.decoded_tokens)
     metrics.reused_tokens.inc(scored.reused_tokens)
     metrics.documents.inc(len(documents))
-    results = [
-        RerankResultItem(index=r.index, relevance_score=r.relevance_score,
-                         document=ResultDocument(text=r.document) if body.return_documents
-                         else None)
-        for r in rank_scores(scored, documents, top_n=body.top_n)
-    ]
-    return RerankResponse(model=settings.model_name, usage=Usage(total_tokens=scored.total_tokens),
-                          results=results)
+    return rerank_response(body, scored, settings.model_name)
 
 
 def _retry_after(pool: RerankerPool) -> int:
@@ -219,27 +231,11 @@ def _retry_after(pool: RerankerPool) -> int:
 
 def _validation_error(error: RequestValidationError) -> ApiError:
     errors = error.errors()
-    # Text that is not valid Unicode is named before the other errors a union adds for it.
-    first = next((e for e in errors if e.get("type") == "invalid_unicode"),
-                 errors[0] if errors else {})
-    if first.get("type") == "json_invalid":
+    if errors and errors[0].get("type") == "json_invalid":
         return ApiError(400, "invalid_json", "the request body is not valid JSON", field="body")
-    # Union members add their names to the location ("str", "DocumentObject", or
-    # "function-before[...]" for a validated str); keep the field path only.
-    location = [str(part) for part in first.get("loc", ())[1:]
-                if isinstance(part, int)
-                or (part.isidentifier() and part not in {"str", "DocumentObject"})]
-    field = ".".join(location) or None
-    if field is None:
-        message = "the body must be a JSON object with 'query' and 'documents'"
-    elif first.get("type") == "invalid_unicode":
-        message = f"{field}: {first['msg']}"
-    elif len(location) >= 2 and location[0] == "documents" and location[1].isdigit():
-        field = f"documents.{location[1]}"
-        message = f"{field}: each document must be a string or an object {{\"text\": string}}"
-    else:
-        message = f"{field}: {first.get('msg', 'invalid value')}"
-    return ApiError(422, "invalid_request", message, field=field)
+    # FastAPI's locations start with "body"; the contract's start at the body's fields.
+    refused = invalid_request([{**e, "loc": tuple(e.get("loc", ()))[1:]} for e in errors])
+    return ApiError(422, refused.kind, refused.message, field=refused.field)
 
 
 def _http_error(request: Request, error: StarletteHTTPException) -> ApiError:
@@ -248,7 +244,8 @@ def _http_error(request: Request, error: StarletteHTTPException) -> ApiError:
     cause = error.__cause__
     if error.status_code == 404:
         return ApiError(404, "not_found", f"there is no {path!r} here; the API is POST "
-                        "/v1/rerank (or /rerank), GET /health, /v1/models, /metrics, /docs",
+                        "/v1/rerank (or /rerank), /v2/rerank, GET /health, /v1/models, "
+                        "/metrics, /docs",
                         headers=error.headers)
     if error.status_code == 405:
         allowed = (error.headers or {}).get("Allow", "another method")

@@ -83,7 +83,7 @@ class RerankRequest(BaseModel):
     return_documents: StrictBool = True
     instruction: Text | None = None
     # Cohere's: documents are always cut at the model's own limit (2048 tokens as
-    # published); a smaller cap is refused by `check_for`, a larger one changes nothing.
+    # published); `check_against_model` refuses a smaller cap, a larger one changes nothing.
     max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)
 
     def document_texts(self) -> list[str]:
@@ -239,7 +239,7 @@ def invalid_request(errors: Sequence[Mapping]) -> RequestError:
     return RequestError(message, field=field)
 
 
-def check_for(ranker: Reranker, request: RerankRequest) -> None:
+def check_against_model(ranker: Reranker, request: RerankRequest) -> None:
     """What only the loaded model can decide: a Cohere `max_tokens_per_doc` below the
     model's document limit cannot be honoured, so it is refused rather than ignored."""
     cap = request.max_tokens_per_doc
@@ -288,7 +288,7 @@ def answer_request(ranker: Reranker, request: RerankRequest | Mapping, *,
     """
     if not isinstance(request, RerankRequest):
         request = parse_request(request)
-    check_for(ranker, request)
+    check_against_model(ranker, request)
     scored = ranker.score(request.query, request.document_texts(),
                           instruction=request.instruction, should_stop=should_stop)
     return rerank_response(request, scored, model_name or ranker.model_path.name)

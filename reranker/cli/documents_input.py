@@ -14,7 +14,7 @@ from typing import IO
 
 import click
 
-from reranker.api_contract import RequestError, RerankRequest, parse_request as parse_body
+from reranker.api_contract import RequestError, RerankRequest, parse_request
 
 
 class InputError(click.ClickException):
@@ -134,7 +134,7 @@ def _is_json_object(line: str) -> bool:
         return False
 
 
-def parse_request(line: str) -> RerankRequest:
+def parse_request_line(line: str) -> RerankRequest:
     """One batch request, as the server reads its body (reranker.api_contract); raises
     InputError naming the field."""
     try:
@@ -142,7 +142,7 @@ def parse_request(line: str) -> RerankRequest:
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON ({e.msg})", kind="invalid_json") from None
     try:
-        return parse_body(record)
+        return parse_request(record)
     except RequestError as e:
         raise InputError.refusing(e) from None
 
@@ -153,7 +153,7 @@ def batch_requests(stream: IO[bytes]) -> Iterator[tuple[int, RerankRequest | Inp
     for number, raw, offset in _lines(stream):
         try:
             line = _decode(raw, offset)
-            request = parse_request(line) if line.strip() else None
+            request = parse_request_line(line) if line.strip() else None
         except InputError as e:
             request = e
         if request is not None:

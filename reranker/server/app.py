@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from reranker import Reranker, RerankerError, __version__
 from reranker.api_contract import (AnyRerankRequest, CohereV2Response, RequestError,
                                    RerankRequest, RerankResponse, TeiRank, TeiRerankRequest,
-                                   check_for, cohere_v2_response, invalid_request,
+                                   check_against_model, cohere_v2_response, invalid_request,
                                    rerank_response, tei_response)
 from reranker.server.errors import ApiError
 from reranker.server.metrics import ServerMetrics
@@ -181,7 +181,7 @@ async def _rerank(body: RerankRequest, request: Request, settings: ServerSetting
                        f"server's limit of {settings.max_documents}", field="documents")
 
     def work(reranker: Reranker, should_stop: Callable[[], bool]):
-        check_for(reranker, body)
+        check_against_model(reranker, body)
         tokens = reranker.count_tokens(body.query) + sum(
             min(reranker.count_tokens(d), reranker.max_doc_tokens) for d in documents)
         if tokens > settings.max_tokens:

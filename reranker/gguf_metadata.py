@@ -16,15 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
+from gguf import (GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType,
+                  GGUFValueType)
 
 from reranker.errors import ModelFileError
 from reranker.model_format import Keys
 
 _MAGIC = b"GGUF"
-_SCALAR = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4",
-           7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
-_STRING, _ARRAY, _BOOL = 8, 9, 7
+# Little-endian numpy dtypes of the scalar value types (GGUFValueType is an IntEnum,
+# so the raw type codes read from a file look these up directly).
+_SCALAR = {GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2",
+           GGUFValueType.INT16: "<i2", GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4",
+           GGUFValueType.FLOAT32: "<f4", GGUFValueType.BOOL: "<u1", GGUFValueType.UINT64: "<u8",
+           GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT64: "<f8"}
 # llama.cpp aborts the whole process (GGML_ASSERT) on a block count outside 1..512.
 _MAX_LAYERS = 512
 
@@ -142,11 +146,11 @@ class _Cursor:
         return StringArray(bytes(self.buf[first:self.pos]), starts)
 
     def value(self, vtype: int):
-        if vtype == _STRING:
+        if vtype == GGUFValueType.STRING:
             return self.string()
-        if vtype == _ARRAY:
+        if vtype == GGUFValueType.ARRAY:
             item_type, count = self.scalar("<I"), self.scalar("<Q")
-            if item_type == _STRING:
+            if item_type == GGUFValueType.STRING:
                 return self.strings(count)
             if item_type not in _SCALAR:
                 raise ModelFileError(f"{self.path}: unknown GGUF array type {item_type}")
@@ -156,7 +160,7 @@ class _Cursor:
             raise ModelFileError(f"{self.path}: unknown GGUF value type {vtype}")
         dtype = np.dtype(_SCALAR[vtype])
         value = np.frombuffer(self.take(dtype.itemsize), dtype=dtype)[0].item()
-        return bool(value) if vtype == _BOOL else value
+        return bool(value) if vtype == GGUFValueType.BOOL else value
 
 
 def read_metadata(path: str | Path) -> GGUFMetadata:

@@ -69,3 +69,46 @@ def test_truncated_string_array_is_reported(tmp_path):
     path.write_bytes(data[:cut])
     with pytest.raises(ModelFileError, match="truncated"):
         read_metadata(path)
+
+
+# A value of every scalar type gguf-py writes, chosen at the edge of its range.
+SCALARS = {
+    gguf.GGUFValueType.UINT8: 255, gguf.GGUFValueType.INT8: -128,
+    gguf.GGUFValueType.UINT16: 65535, gguf.GGUFValueType.INT16: -32768,
+    gguf.GGUFValueType.UINT32: 2**32 - 1, gguf.GGUFValueType.INT32: -2**31,
+    gguf.GGUFValueType.UINT64: 2**64 - 1, gguf.GGUFValueType.INT64: -2**63,
+    gguf.GGUFValueType.FLOAT32: 0.25, gguf.GGUFValueType.FLOAT64: 1e300,
+    gguf.GGUFValueType.BOOL: True,
+}
+
+
+def test_every_value_type_gguf_py_writes_reads_back(tmp_path):
+    assert set(SCALARS) | {gguf.GGUFValueType.STRING, gguf.GGUFValueType.ARRAY} == \
+        set(gguf.GGUFValueType)  # a type added to gguf-py needs a case here
+    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "qwen3")
+    for vtype, value in SCALARS.items():
+        writer.add_key_value(f"test.{vtype.name}", value, vtype)
+        writer.add_key_value(f"test.{vtype.name}.array", [value, value], gguf.GGUFValueType.ARRAY,
+                             sub_type=vtype)
+    writer.add_string("test.string", "naïve")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    meta = read_metadata(tmp_path / "m.gguf")
+    for vtype, value in SCALARS.items():
+        got = meta.get(f"test.{vtype.name}")
+        assert got == value and type(got) is type(value), (vtype, got)
+        assert meta.get(f"test.{vtype.name}.array").tolist() == [value, value], vtype
+    assert meta.get("test.string") == "naïve"
+
+
+def test_an_unknown_value_type_is_named(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", ITEMS)
+    data = bytearray(path.read_bytes())
+    # test.name's type code (STRING, 8) sits just after its key: make it 13, unknown.
+    at = data.index(b"test.name") + len(b"test.name")
+    assert data[at] == gguf.GGUFValueType.STRING
+    data[at] = 13
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="unknown GGUF value type 13"):
+        read_metadata(path)

@@ -121,14 +121,18 @@ class LlamaEngine:
             n, buf = _fill(call, len(data) + 16, "llama_tokenize")
         return list(buf[:n])
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        """The text of `tokens`, as bytes decoded with U+FFFD for a cut-off character."""
+    def detokenize(self, tokens: Sequence[int], *, unparse_special: bool = False) -> str:
+        """The text of `tokens`, as bytes decoded with U+FFFD for a cut-off character.
+
+        Control tokens are left out unless `unparse_special` (then they are spelled out,
+        as a prompt for llama.cpp's own tools that parse them back).
+        """
         arr = (self._llama.llama_token * len(tokens))(*tokens)
 
         def call(capacity: int) -> tuple[int, ctypes.Array]:
             buf = ctypes.create_string_buffer(capacity)
             return self._llama.llama_detokenize(self._vocab, arr, len(tokens), buf, capacity,
-                                                False, False), buf
+                                                False, unparse_special), buf
         with self._lock:
             self._check_open()
             # A guess that fits ordinary text; a token can be far longer (Qwen has single
@@ -146,6 +150,44 @@ class LlamaEngine:
         if n != 1:
             raise ModelFileError(f"{self.model_path}: the vocabulary has no token {text}")
         return buf[0]
+
+    @property
+    def llama_model(self):
+        """llama.cpp's loaded model (a `llama_model_p`), for a baseline sharing these weights.
+
+        Valid until `close()`, which frees it: whoever borrows it must not outlive this engine.
+        """
+        with self._lock:
+            self._check_open()
+            return self._model
+
+    # -- context ----------------------------------------------------------------
+    def reset_cache(self) -> None:
+        """Forget the KV cache: the next `hidden_states` call decodes its prompt from scratch."""
+        with self._lock:
+            self._check_open()
+            self._cached_tokens = []
+
+    def configure_context(self, *, n_ubatch: int, n_tokens: int | None = None) -> None:
+        """Decode in micro-batches of `n_ubatch` tokens from now on, on the same weights.
+
+        The context is recreated for it (its KV cache is lost); with `n_tokens` it is
+        created now, large enough for that many, so the next call does not pay for it.
+        """
+        if isinstance(n_ubatch, bool) or not isinstance(n_ubatch, int) or n_ubatch < 1:
+            raise ValueError(f"n_ubatch must be a positive integer, got {n_ubatch!r}")
+        if n_tokens is not None and (isinstance(n_tokens, bool) or not isinstance(n_tokens, int)
+                                     or not 1 <= n_tokens <= self.max_context):
+            raise ValueError(f"n_tokens must be an integer from 1 to the context's "
+                             f"{self.max_context}, got {n_tokens!r}")
+        with self._lock:
+            self._check_open()
+            self._free_context()
+            self._cached_tokens = []
+            self.n_ubatch = n_ubatch
+            self.n_batch = max(self.n_batch, n_ubatch)
+            if n_tokens is not None:
+                self._ensure_context(n_tokens)
 
     # -- hidden states ---------------------------------------------------------
     def hidden_states(self, tokens: Sequence[int], positions: Sequence[int],

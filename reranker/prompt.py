@@ -10,6 +10,7 @@ match the reference exactly.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reranker.model_format import DOC_MARKER, QUERY_MARKER
@@ -33,7 +34,23 @@ class Control:
     text: str
 
 
-Part = str | Control
+@dataclass(frozen=True)
+class Tokenized:
+    """User text with the token ids it has on its own, so it is not tokenized again.
+
+    Its ids are those it gets inside the prompt unless it starts with a line break: the
+    template text before it ends in `>\\n`, and the pre-tokenizer splits there unless
+    more line breaks follow (they join `>\\n`'s piece). `joins_previous` says so.
+    """
+    text: str
+    ids: tuple[int, ...]
+
+    @property
+    def joins_previous(self) -> bool:
+        return self.text.startswith(("\r", "\n"))
+
+
+Part = str | Control | Tokenized
 
 
 def remove_markers(text: str) -> str:
@@ -41,7 +58,8 @@ def remove_markers(text: str) -> str:
     return text.replace(QUERY_MARKER, "").replace(DOC_MARKER, "")
 
 
-def build_prompt(query: str, documents: list[str], instruction: str | None = None) -> list[Part]:
+def build_prompt(query: str, documents: Sequence[str | Tokenized],
+                 instruction: str | None = None) -> list[Part]:
     """The prompt parts for one block; inputs must already be marker-free and truncated."""
     parts: list[Part] = [
         Control(IM_START), "system\n" + SYSTEM_PROMPT, Control(IM_END), "\n",
@@ -55,7 +73,7 @@ def build_prompt(query: str, documents: list[str], instruction: str | None = Non
     for i, doc in enumerate(documents):
         if i:
             parts.append("\n")
-        parts += [f'<passage id="{i}">\n{doc}', Control(DOC_MARKER), "\n</passage>"]
+        parts += [f'<passage id="{i}">\n', doc, Control(DOC_MARKER), "\n</passage>"]
     parts += [
         "\n<query>\n" + query, Control(QUERY_MARKER), "\n</query>",
         Control(IM_END), "\n", Control(IM_START), "assistant\n",
@@ -66,4 +84,4 @@ def build_prompt(query: str, documents: list[str], instruction: str | None = Non
 
 def prompt_text(parts: list[Part]) -> str:
     """The prompt as one string, as the published code hands it to its tokenizer."""
-    return "".join(p.text if isinstance(p, Control) else p for p in parts)
+    return "".join(p if isinstance(p, str) else p.text for p in parts)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,15 +9,14 @@ from pathlib import Path
 import numpy as np
 from gguf import LlamaFileType
 
-from reranker.blocks import cosine, merge_query_embeddings, plan_blocks
+from reranker.blocks import cosine, merge_query_embeddings
 from reranker.engine import LlamaEngine
-from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
-                             RerankerClosedError)
+from reranker.errors import ModelFileError, RerankerCancelled, RerankerClosedError
 from reranker.gguf_metadata import read_metadata
 from reranker.model_format import (ARCHITECTURE, DOC_MARKER, FLOAT_FILE_TYPES, QUERY_MARKER,
                                    Keys)
 from reranker.projector import Projector, find_projector
-from reranker.prompt import CONTROL_TOKENS, build_prompt, remove_markers
+from reranker.scoring_plan import PlanLimits, PromptPlanner, ScoringPlan
 
 # Published defaults: `rerank()` arguments and the tokenizer's model_max_length.
 MAX_QUERY_TOKENS = 512
@@ -123,7 +121,9 @@ class Reranker:
                                    use_mmap=use_mmap, cpu_path=cpu_path)
         self.cpu_path = self._engine.cpu_path
         self.projector.check_hidden_size(self._engine.hidden_size)
-        self._control_ids = {t: self._engine.special_token_id(t) for t in CONTROL_TOKENS}
+        self._planner = PromptPlanner(self._engine, PlanLimits(
+            max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens,
+            block_size=block_size, block_tokens=block_tokens))
         self._lock = threading.Lock()
         self._closed = False
 
@@ -145,21 +145,45 @@ class Reranker:
         llama.cpp's decoding thread, during each decode: once it answers true the call
         raises RerankerCancelled within about one graph operation.
         """
-        _check_text("query", query)
-        if instruction is not None:
-            _check_text("instruction", instruction)
-        docs = _document_list(documents)
+        docs = _checked_inputs(query, documents, instruction)
         with self._lock:
             self._check_open()  # an empty list too: a closed Reranker answers nothing
-            if not docs:
-                out_dim = self.projector.second.shape[0]
-                return Scores(np.zeros(0), np.zeros((0, out_dim)), np.zeros(out_dim), 0, 0)
-            return self._score(query, docs, instruction, should_stop)
+            return self._score(self._planner.plan(query, docs, instruction), should_stop)
+
+    def plan(self, query: str, documents: Sequence[str], *,
+             instruction: str | None = None) -> ScoringPlan:
+        """The prompts `score` would decode: blocks with their token ids and marker positions.
+
+        Also each text's token count after truncation (`input_tokens`, what a server's
+        token limit caps). Raises InputTooLongError for a query or instruction that leaves
+        no room for a document, as `score` does, before anything is decoded.
+        """
+        docs = _checked_inputs(query, documents, instruction)
+        with self._lock:
+            self._check_open()
+            return self._planner.plan(query, docs, instruction)
+
+    def score_plan(self, plan: ScoringPlan, *,
+                   should_stop: Callable[[], bool] | None = None) -> Scores:
+        """`score` on a plan made by this Reranker's `plan` (so its tokens are not counted twice)."""
+        if not isinstance(plan, ScoringPlan):
+            raise TypeError(f"plan is {type(plan).__name__}; expected a ScoringPlan "
+                            "from Reranker.plan()")
+        with self._lock:
+            self._check_open()
+            return self._score(plan, should_stop)
+
+    @property
+    def engine(self) -> LlamaEngine:
+        """The llama.cpp engine underneath: tokenizer, hidden states, context and cache."""
+        return self._engine
 
     def count_tokens(self, text: str) -> int:
+        """The tokens of `text` as the model reads it (before any truncation)."""
+        _check_text("text", text)
         with self._lock:  # so that close() cannot free the vocabulary meanwhile
             self._check_open()
-            return len(self._encode(text))
+            return len(self._planner.encode(text))
 
     def close(self) -> None:
         """Free llama.cpp's model and context, once a call running in another thread ends.
@@ -183,90 +207,33 @@ class Reranker:
             raise RerankerClosedError(f"this Reranker ({self.model_path.name}) was closed; "
                                       "create a new Reranker to score again")
 
-    def _encode(self, text: str) -> list[int]:
-        # The Hugging Face tokenizer NFC-normalizes before splitting; llama.cpp does not.
-        return self._engine.tokenize(unicodedata.normalize("NFC", text))
-
-    def _truncate(self, text: str, limit: int) -> tuple[str, int]:
-        """As published: cut to `limit` tokens and decode back to text."""
-        ids = self._encode(text)
-        if len(ids) >= limit:
-            return self._engine.detokenize(ids[:limit]), limit
-        return text, len(ids)
-
-    def _encode_prompt(self, parts) -> tuple[list[int], list[int], int]:
-        """Token ids, the document marker positions and the query marker position."""
-        ids: list[int] = []
-        pending: list[str] = []  # adjacent text parts are encoded together
-        doc_positions: list[int] = []
-        query_position = -1
-        for part in parts:
-            if isinstance(part, str):
-                pending.append(part)
-                continue
-            if pending:
-                ids += self._encode("".join(pending))
-                pending = []
-            if part.text == DOC_MARKER:
-                doc_positions.append(len(ids))
-            elif part.text == QUERY_MARKER:
-                query_position = len(ids)
-            ids.append(self._control_ids[part.text])
-        if pending:
-            ids += self._encode("".join(pending))
-        return ids, doc_positions, query_position
-
-    def _score(self, query: str, docs: list[str], instruction: str | None,
-               should_stop: Callable[[], bool] | None) -> Scores:
-        query, query_length = self._truncate(remove_markers(query), self.max_query_tokens)
-        if instruction is not None:
-            instruction = remove_markers(instruction)
-        cleaned, lengths = [], []
-        for doc in docs:
-            text, length = self._truncate(remove_markers(doc), self.max_doc_tokens)
-            cleaned.append(text)
-            lengths.append(length)
-        blocks = plan_blocks(lengths, query_length, max_length=self.block_tokens,
-                             block_size=self.block_size, max_doc_length=self.max_doc_tokens)
-        queue = list(reversed(blocks))
-        query_embeddings, block_doc_embeddings, done_blocks = [], [], []
-        total_tokens = decoded = reused = 0
-        while queue:
+    def _score(self, plan: ScoringPlan, should_stop: Callable[[], bool] | None) -> Scores:
+        if not plan.blocks:
+            out_dim = self.projector.second.shape[0]
+            return Scores(np.zeros(0), np.zeros((0, out_dim)), np.zeros(out_dim), 0, 0)
+        query_embeddings, block_doc_embeddings = [], []
+        decoded = reused = 0
+        for done, block in enumerate(plan.blocks):
             if should_stop is not None and should_stop():
-                raise RerankerCancelled(f"stopped after {len(done_blocks)} of the blocks: "
+                raise RerankerCancelled(f"stopped after {done} of the blocks: "
                                         "should_stop() answered true")
-            block = queue.pop()
-            parts = build_prompt(query, [cleaned[i] for i in block], instruction)
-            ids, doc_positions, query_position = self._encode_prompt(parts)
-            needed = query_position + 1  # the engine decodes no further (causal attention)
-            if needed > self._engine.max_context:
-                if len(block) == 1:
-                    raise InputTooLongError(
-                        f"document {block[0]} with the query and instruction needs {needed} "
-                        f"tokens but the context is capped at {self._engine.max_context}; "
-                        "shorten the query or instruction, or lower max_doc_tokens")
-                # The published budget ignores the template's own tokens; halve and retry.
-                half = len(block) // 2
-                queue += [block[half:], block[:half]]
-                continue
             # Positional: tests/test_runtime.py wraps hidden_states as f(*args).
-            states = self._engine.hidden_states(ids, doc_positions + [query_position],
+            states = self._engine.hidden_states(list(block.token_ids), block.marker_positions,
                                                 should_stop)
             decoded += self._engine.decoded_tokens
             reused += self._engine.reused_tokens
             projected = self.projector(states)
             block_doc_embeddings.append(projected[:-1])
             query_embeddings.append(projected[-1])
-            done_blocks.append(block)
-            total_tokens += len(ids)
         query_embedding = (query_embeddings[0] if len(query_embeddings) == 1
                            else merge_query_embeddings(query_embeddings, block_doc_embeddings))
-        doc_embeddings = np.empty((len(docs), block_doc_embeddings[0].shape[1]), dtype=np.float32)
-        for block, embeddings in zip(done_blocks, block_doc_embeddings):
-            doc_embeddings[block] = embeddings
+        n_docs = len(plan.document_tokens)
+        doc_embeddings = np.empty((n_docs, block_doc_embeddings[0].shape[1]), dtype=np.float32)
+        for block, embeddings in zip(plan.blocks, block_doc_embeddings):
+            doc_embeddings[list(block.documents)] = embeddings
         scores = cosine(doc_embeddings, query_embedding)
-        return Scores(scores, doc_embeddings, np.asarray(query_embedding), total_tokens,
-                      len(done_blocks), decoded, reused)
+        return Scores(scores, doc_embeddings, np.asarray(query_embedding), plan.total_tokens,
+                      len(plan.blocks), decoded, reused)
 
 
 def rank_scores(scored: Scores, documents: Sequence[str], *, top_n: int | None = None,
@@ -312,6 +279,13 @@ def _document_list(documents) -> list[str]:
             return docs
     raise TypeError(f"documents is {type(documents).__name__}; expected a sequence of str "
                     f"(a list or tuple of texts){hint}")
+
+
+def _checked_inputs(query, documents, instruction) -> list[str]:
+    _check_text("query", query)
+    if instruction is not None:
+        _check_text("instruction", instruction)
+    return _document_list(documents)
 
 
 def _check_text(name: str, value) -> None:

@@ -70,19 +70,9 @@ def machine() -> dict:
 
 # -- worker side: one engine, one model, one workload --------------------------------
 def _blocks_of(ranker, query, docs):
-    """Prompt token ids and marker positions of each block, as the runtime builds them."""
-    from reranker.blocks import plan_blocks
-    from reranker.prompt import build_prompt
-
-    lengths = [min(ranker.count_tokens(d), ranker.max_doc_tokens) for d in docs]
-    blocks = plan_blocks(lengths, ranker.count_tokens(query), max_length=ranker.block_tokens,
-                         block_size=ranker.block_size, max_doc_length=ranker.max_doc_tokens)
-    out = []
-    for block in blocks:
-        ids, doc_positions, query_position = ranker._encode_prompt(
-            build_prompt(query, [docs[i] for i in block]))
-        out.append((ids, doc_positions + [query_position]))
-    return out
+    """Prompt token ids and marker positions of each block: the plan `Reranker.score` decodes."""
+    return [(list(block.token_ids), block.marker_positions)
+            for block in ranker.plan(query, docs).blocks]
 
 
 class LlamaBaseline:
@@ -173,7 +163,7 @@ def worker(args) -> dict:
         if args.engine == "reranker":
             call = lambda i: ranker.score(queries[i], docs)  # noqa: E731
         elif args.engine in ("embeddings", "raw"):
-            flash_attention, projector = ranker._engine.flash_attention, ranker.projector
+            flash_attention, projector = ranker.engine.flash_attention, ranker.projector
             ranker.close()  # its model copy would count in this baseline's memory
             baseline = LlamaBaseline(args.model, threads, all_outputs=args.engine == "embeddings",
                                      flash_attention=flash_attention)
@@ -206,9 +196,10 @@ def published_route(binary: str, model: str, ids, positions, ranker, threads: in
     import numpy as np
 
     tokenize = str(Path(binary).with_name("llama-tokenize"))
-    markers = {ranker._control_ids["<|embed_token|>"], ranker._control_ids["<|rerank_token|>"]}
+    markers = {ids[p] for p in positions}
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write(_prompt_text(ranker, ids))
+        # Control tokens spelled out: llama-embedding parses them back.
+        f.write(ranker.engine.detokenize(ids, unparse_special=True))
         prompt_file = f.name
     try:
         listed = subprocess.run([tokenize, "-m", model, "-f", prompt_file, "--log-disable"],
@@ -229,17 +220,6 @@ def published_route(binary: str, model: str, ids, positions, ranker, threads: in
         return ranker.projector(states)
     finally:
         os.unlink(prompt_file)
-
-
-def _prompt_text(ranker, ids) -> str:
-    """The prompt as text with its control tokens spelled out (llama-embedding parses them)."""
-    import ctypes
-
-    engine = ranker._engine
-    arr = (engine._llama.llama_token * len(ids))(*ids)
-    buf = ctypes.create_string_buffer(16 * len(ids) + 16)
-    n = engine._llama.llama_detokenize(engine._vocab, arr, len(ids), buf, len(buf), False, True)
-    return buf.raw[:n].decode("utf-8", errors="replace")
 
 
 # -- parent side ---------------------------------------------------------------------

@@ -23,11 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import QUERY, LlamaBaseline, _blocks_of, documents_of  # scripts/ is sys.path[0]
 
-from bench import QUERY, LlamaBaseline, _blocks_of, documents_of  # noqa: E402
-
-from reranker import Reranker  # noqa: E402
+from reranker import Reranker
 
 
 def main() -> int:
@@ -45,25 +43,23 @@ def main() -> int:
 
     docs = documents_of(args.docs, args.words)
     ranker = Reranker(args.model, n_threads=args.threads)
-    engine = ranker._engine
+    engine = ranker.engine
     queries = [f"{QUERY} (request {i})" for i in range(args.rounds + 1)]
     blocks = [_blocks_of(ranker, query, docs) for query in queries]
     raw = (LlamaBaseline(str(args.model), args.threads, all_outputs=False,
-                         flash_attention=engine.flash_attention, loaded_model=engine._model)
+                         flash_attention=engine.flash_attention, loaded_model=engine.llama_model)
            if args.raw else None)
     ubatch = {"markers": engine.n_ubatch, "last": engine.n_ubatch}
     ubatch.update({f"u{int(n)}": int(n) for n in filter(None, args.ubatch.split(","))})
 
     def run(name: str, request: int) -> float:
         if name in ubatch and engine.n_ubatch != ubatch[name]:
-            # A new context at this micro-batch size, on the same weights.
-            engine.n_ubatch = ubatch[name]
-            engine.n_batch = max(engine.n_batch, engine.n_ubatch)
-            engine._free_context()
-            engine._ensure_context(max(len(ids) for ids, _ in blocks[request]))  # not timed
+            # A new context at this micro-batch size, on the same weights, made untimed.
+            engine.configure_context(n_ubatch=ubatch[name],
+                                     n_tokens=max(len(ids) for ids, _ in blocks[request]))
         started = time.perf_counter()
         for ids, positions in blocks[request]:
-            engine._cached_tokens = []  # no prefix reuse: the same work raw does
+            engine.reset_cache()  # no prefix reuse: the same work raw does
             if name == "last":
                 engine.hidden_states(ids, [len(ids) - 1])
             elif name == "raw":

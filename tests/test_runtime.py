@@ -185,7 +185,7 @@ CLOSED = "Reranker .* was closed; create a new Reranker"
 
 def test_every_call_after_close_raises_a_closed_error(converted):
     ranker = Reranker(converted("q8_0"), n_threads=2)
-    engine = ranker._engine
+    engine = ranker.engine
     ranker.close()
     calls = [lambda: ranker.rerank("q", ["a"]), lambda: ranker.rerank("q", []),
              lambda: ranker.score("q", ["a"]), lambda: ranker.score("q", []),
@@ -235,7 +235,7 @@ import json, sys, threading, time
 from reranker import Reranker, RerankerClosedError
 
 ranker = Reranker(sys.argv[1], n_threads=1)
-engine, events = ranker._engine, []
+engine, events = ranker.engine, []
 inside = threading.Event()
 decode = engine.hidden_states
 
@@ -281,7 +281,7 @@ from reranker import Reranker, RerankerClosedError
 random.seed(0)
 for attempt in range(8):
     ranker = Reranker(sys.argv[1], n_threads=1)
-    engine, outcomes = ranker._engine, []
+    engine, outcomes = ranker.engine, []
 
     def loop(call):
         try:
@@ -327,12 +327,12 @@ def test_the_shared_prompt_prefix_is_reused_without_changing_scores(converted):
     with Reranker(converted("f32"), n_threads=2) as warm:
         warm.score("first query", docs)
         second = warm.score("second query", docs).scores
-        reused = warm._engine.reused_tokens
+        reused = warm.engine.reused_tokens
         again = warm.score("second query", docs).scores
-        reused_again = warm._engine.reused_tokens
+        reused_again = warm.engine.reused_tokens
     with Reranker(converted("f32"), n_threads=2) as cold:
         fresh = cold.score("second query", docs).scores
-        assert cold._engine.reused_tokens == 0
+        assert cold.engine.reused_tokens == 0
     assert 50 < reused < reused_again  # the system message, then up to the first document
     np.testing.assert_allclose(second, fresh, atol=1e-6, rtol=0)
     np.testing.assert_allclose(again, fresh, atol=1e-6, rtol=0)
@@ -354,19 +354,19 @@ def test_tokens_after_the_last_marker_are_not_decoded(converted):
     # is in test_parity.py), so the engine stops decoding at the last marker.
     with Reranker(converted("f32"), n_threads=2) as ranker:
         scored = ranker.score("q", ["alpha", "beta"])
-        engine = ranker._engine
+        engine = ranker.engine
         decoded = engine.reused_tokens + engine.decoded_tokens
         assert 0 < decoded < scored.total_tokens
         ids = engine.tokenize("one two three four five six seven eight nine")
         whole = engine.hidden_states(ids, [2, 5])
         assert engine.reused_tokens + engine.decoded_tokens == 6
-        engine._cached_tokens = []  # decode the cut prompt from scratch
+        engine.reset_cache()  # decode the cut prompt from scratch
         np.testing.assert_array_equal(engine.hidden_states(ids[:6], [2, 5]), whole)
 
 
 @pytest.mark.parametrize("positions", [[3, 2], [1, 1], [99], [-1]])
 def test_bad_positions_are_an_error_not_a_crash(ranker_for, positions):
-    engine = ranker_for("q8_0")._engine
+    engine = ranker_for("q8_0").engine
     ids = engine.tokenize("one two three four five")
     with pytest.raises(ValueError, match="position"):
         engine.hidden_states(ids, positions)
@@ -378,16 +378,13 @@ def test_micro_batch_boundaries_and_cache_state_do_not_change_scores(converted):
     # precise kernel than larger ones. The engine decodes in slices of at least 64 tokens,
     # so a prompt just past one micro-batch, and a request whose shared prefix came from the
     # cache, give the same bits as a single fresh micro-batch.
-    from reranker.prompt import build_prompt
-
     with Reranker(converted("f32"), n_threads=2, flash_attention=True) as sliced, \
             Reranker(converted("f32"), n_threads=2, flash_attention=True,
                      n_ubatch=1024) as whole:
         words = 300
         while True:  # a prompt 1-63 tokens longer than the 512-token micro-batch
             docs = ["word " * words, "another document"]
-            _, _, query_position = sliced._encode_prompt(build_prompt("q", docs))
-            if 0 < (query_position + 1) % 512 < 64:
+            if 0 < sliced.plan("q", docs).blocks[0].decode_length % 512 < 64:
                 break
             words += 7
         expected = whole.score("q", docs).scores
@@ -395,7 +392,7 @@ def test_micro_batch_boundaries_and_cache_state_do_not_change_scores(converted):
         short = ["alpha", "", "beta gamma"]
         fresh = sliced.score("q", short).scores
         again = sliced.score("q", short).scores
-        assert sliced._engine.reused_tokens > 0
+        assert sliced.engine.reused_tokens > 0
         np.testing.assert_array_equal(again, fresh)
 
 
@@ -426,18 +423,23 @@ def test_truncating_long_tokens_keeps_a_prefix_of_the_text(ranker_for, reference
     its own or merges with a space before it (one more or up to two fewer).
     """
     ranker = ranker_for("q8_0")
+    engine = ranker.engine
     text = LONG_TOKENS[name]
-    ids = ranker._encode(text)
+    ids = engine.tokenize(text)
     assert ids == reference.tokenizer.encode(text).ids and len(ids) > 2048
     for limit in [*range(1, 150), 511, 512, 2047, 2048]:
-        cut = ranker._engine.detokenize(ids[:limit])
+        cut = engine.detokenize(ids[:limit])
         assert cut == reference.tokenizer.decode(ids[:limit], skip_special_tokens=False)
         assert cut and text.startswith(cut.removesuffix("\ufffd"))
-        assert abs(len(ranker._encode(cut)) - limit) <= 2, (limit, cut[-20:])
-    assert len(ranker._engine.detokenize(ids[:512]).encode()) > 16 * 512
+        assert abs(len(engine.tokenize(cut)) - limit) <= 2, (limit, cut[-20:])
+    assert len(engine.detokenize(ids[:512]).encode()) > 16 * 512
     # And through the Reranker's own limits, as a query and as a document.
-    for limit in (ranker.max_query_tokens, ranker.max_doc_tokens):
-        assert ranker._truncate(text, limit) == (reference._truncate(text, limit)[0], limit)
+    plan = ranker.plan(text, [text])
+    assert (plan.query_tokens, plan.document_tokens) == (ranker.max_query_tokens,
+                                                         (ranker.max_doc_tokens,))
+    cut_query, _ = reference._truncate(text, ranker.max_query_tokens)
+    cut_doc, _ = reference._truncate(text, ranker.max_doc_tokens)
+    assert list(plan.blocks[0].token_ids) == reference.prompt_ids(cut_query, [cut_doc])
 
 
 def test_a_long_token_document_is_scored_on_its_text(ranker_for, reference):

@@ -153,6 +153,30 @@ def test_limits_name_their_values(server):
     assert "100000" in error["message"]
 
 
+def test_the_token_limit_counts_the_query_as_scored(converted, ranker_for):
+    """--max-tokens caps query plus documents after truncation: a query over the model's
+    512-token limit counts 512 (it once counted in full, and documents were cut but not
+    the query), and going over by the query's tokens alone is refused."""
+    ranker = ranker_for("q8_0")
+    query = "query " * 3000
+    assert ranker.count_tokens(query) > 2000 and ranker.max_query_tokens == 512
+    docs = ["word " * 300] * 3
+    doc_tokens = sum(ranker.count_tokens(d) for d in docs)
+    limit = doc_tokens + 512
+    server = Server(converted("q8_0"), "--max-tokens", str(limit))
+    try:
+        ok = server.post({"query": query, "documents": docs})
+        assert ok.status_code == 200, ok.text
+        refused = server.post({"query": query, "documents": docs + ["one more"]})
+        assert refused.status_code == 413, refused.text
+        error = refused.json()["error"]
+        assert error["type"] == "too_many_tokens" and error["field"] == "documents"
+        assert f"hold {limit + ranker.count_tokens('one more')} tokens" in error["message"]
+        assert f"limit is {limit}" in error["message"]
+    finally:
+        server.stop()
+
+
 def test_a_streamed_oversize_body_is_refused(server):
     def chunks():
         yield b'{"query": "q", "documents": ["'
@@ -363,10 +387,10 @@ def test_an_unexpected_failure_is_a_json_500_and_the_server_keeps_serving(conver
     model = converted("q8_0")
 
     class FailingReranker(Reranker):
-        def count_tokens(self, text):
-            if text == "fail":
+        def plan(self, query, documents, **options):
+            if query == "fail":
                 raise KeyError("an unexpected bug")
-            return super().count_tokens(text)
+            return super().plan(query, documents, **options)
 
     settings = ServerSettings(model_path=model, model_name="tiny")
     app = create_app(settings, lambda: FailingReranker(model, n_threads=1))

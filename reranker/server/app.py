@@ -182,14 +182,13 @@ async def _rerank(body: RerankRequest, request: Request, settings: ServerSetting
 
     def work(reranker: Reranker, should_stop: Callable[[], bool]):
         check_against_model(reranker, body)
-        tokens = reranker.count_tokens(body.query) + sum(
-            min(reranker.count_tokens(d), reranker.max_doc_tokens) for d in documents)
-        if tokens > settings.max_tokens:
-            raise ApiError(413, "too_many_tokens", f"the query and documents hold {tokens} "
-                           f"tokens; this server's limit is {settings.max_tokens}",
-                           field="documents")
-        return reranker.score(body.query, documents, instruction=body.instruction,
-                              should_stop=should_stop)
+        # The plan scoring decodes counts the tokens: each text is tokenized once.
+        plan = reranker.plan(body.query, documents, instruction=body.instruction)
+        if plan.input_tokens > settings.max_tokens:
+            raise ApiError(413, "too_many_tokens", f"the query and documents hold "
+                           f"{plan.input_tokens} tokens after truncation; this server's limit "
+                           f"is {settings.max_tokens}", field="documents")
+        return reranker.score_plan(plan, should_stop=should_stop)
 
     pool: RerankerPool = request.app.state.pool
     try:

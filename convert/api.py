@@ -17,8 +17,10 @@ from convert.quantize import run_llama_quantizer
 from convert.vocab import read_vocabulary
 from reranker.errors import ModelFileError
 from reranker.gguf_metadata import read_metadata
+from reranker.model_check import check_reranker_metadata
 from reranker.model_format import FLOAT_FILE_TYPES, Keys
 from reranker.model_info import file_type_name
+from reranker.projector import carries_projector
 
 # The lossless intermediate for types llama.cpp's quantizer makes, by source dtype.
 _INTERMEDIATE = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
@@ -82,9 +84,10 @@ def quantize_gguf(infile: str | Path, outfile: str | Path, type_name: str, *,
     infile, outfile = Path(infile), Path(outfile)
     try:
         meta = read_metadata(infile)
+        check_reranker_metadata(meta)
     except ModelFileError as e:
         raise ConversionError(str(e)) from e
-    if Keys.PROJECTOR_WEIGHTS[0] not in meta.values:
+    if not carries_projector(meta):
         raise ConversionError(f"{infile} has no reranker projector; it was not made by "
                               "`reranker-cli convert`")
     ftype = meta.get(Keys.FILE_TYPE, int(LlamaFileType.ALL_F32))

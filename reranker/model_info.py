@@ -7,8 +7,9 @@ from pathlib import Path
 from gguf import GGMLQuantizationType, LlamaFileType
 
 from reranker.gguf_metadata import read_metadata
-from reranker.model_format import DOC_MARKER, PROJECTOR_SIDECAR, QUERY_MARKER, Keys
-from reranker.projector import projector_from_metadata
+from reranker.model_check import reranker_file_problem
+from reranker.model_format import DOC_MARKER, QUERY_MARKER, Keys
+from reranker.projector import find_sidecar, projector_from_metadata
 
 
 def _enum_name(enum, value) -> str:
@@ -32,11 +33,12 @@ def describe_model(path: str | Path) -> dict:
     for marker in (DOC_MARKER, QUERY_MARKER):
         markers[marker] = tokens.index(marker) if marker in tokens else None
     projector = projector_from_metadata(meta)
+    sidecar = find_sidecar(path)  # the file the runtime would load, if it has to
     if projector is not None:
         projector_info = {"where": "embedded in the GGUF metadata",
                           "shapes": [list(projector.first.shape), list(projector.second.shape)]}
-    elif (path.parent / PROJECTOR_SIDECAR).is_file():
-        projector_info = {"where": str(path.parent / PROJECTOR_SIDECAR), "shapes": None}
+    elif sidecar is not None:
+        projector_info = {"where": str(sidecar), "shapes": None}
     else:
         projector_info = None
     types = Counter(_enum_name(GGMLQuantizationType, t.ggml_type) for t in meta.tensors)
@@ -58,4 +60,6 @@ def describe_model(path: str | Path) -> dict:
         "source_revision": meta.get(Keys.SOURCE_REVISION),
         "source_sha256": meta.get(Keys.SOURCE_SHA256),
         "converter_version": meta.get(Keys.CONVERTER_VERSION),
+        # The runtime's own verdict (None: it would load this file), not a second opinion.
+        "problem": reranker_file_problem(path, meta),
     }

@@ -38,9 +38,14 @@ class Projector:
         return inner @ self.second.T
 
 
+def carries_projector(meta: GGUFMetadata) -> bool:
+    """Whether the GGUF's metadata holds a projector (as `reranker-cli convert` writes it)."""
+    return Keys.PROJECTOR_WEIGHTS[0] in meta.values
+
+
 def projector_from_metadata(meta: GGUFMetadata) -> Projector | None:
     """The projector a converted GGUF carries, or None when it has none."""
-    if Keys.PROJECTOR_WEIGHTS[0] not in meta.values:
+    if not carries_projector(meta):
         return None
     matrices = []
     for weight_key, shape_key in zip(Keys.PROJECTOR_WEIGHTS, Keys.PROJECTOR_SHAPES):
@@ -77,12 +82,22 @@ def find_projector(model_path: Path, meta: GGUFMetadata,
     embedded = projector_from_metadata(meta)
     if embedded is not None:
         return embedded
-    candidates = [model_path.parent / PROJECTOR_SIDECAR,
-                  model_path.with_name(model_path.stem + "." + PROJECTOR_SIDECAR)]
-    for candidate in candidates:
-        if candidate.is_file():
-            return projector_from_safetensors(candidate)
+    sidecar = find_sidecar(model_path)
+    if sidecar is not None:
+        return projector_from_safetensors(sidecar)
+    candidates = sidecar_candidates(model_path)
     raise ModelFileError(
         f"{model_path} carries no projector and none was found at "
         f"{' or '.join(str(c) for c in candidates)}; convert the model with "
         "`reranker-cli convert` or pass the projector file")
+
+
+def sidecar_candidates(model_path: Path) -> list[Path]:
+    """Where a projector file beside a backbone GGUF is looked for, in order."""
+    return [model_path.parent / PROJECTOR_SIDECAR,
+            model_path.with_name(model_path.stem + "." + PROJECTOR_SIDECAR)]
+
+
+def find_sidecar(model_path: Path) -> Path | None:
+    """The first projector file beside the model that exists, if any."""
+    return next((c for c in sidecar_candidates(model_path) if c.is_file()), None)

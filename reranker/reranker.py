@@ -12,10 +12,8 @@ from gguf import LlamaFileType
 from reranker.blocks import cosine, merge_query_embeddings
 from reranker.engine import LlamaEngine
 from reranker.errors import ModelFileError, RerankerCancelled, RerankerClosedError
-from reranker.gguf_metadata import read_metadata
-from reranker.model_format import (ARCHITECTURE, DOC_MARKER, FLOAT_FILE_TYPES, QUERY_MARKER,
-                                   Keys)
-from reranker.projector import Projector, find_projector
+from reranker.model_check import open_reranker_file
+from reranker.model_format import FLOAT_FILE_TYPES, Keys
 from reranker.scoring_plan import PlanLimits, PromptPlanner, ScoringPlan
 
 # Published defaults: `rerank()` arguments and the tokenizer's model_max_length.
@@ -94,17 +92,8 @@ class Reranker:
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
             raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
         self.model_path = resolve_model_file(model)
-        self.metadata = read_metadata(self.model_path)
-        arch = self.metadata.get(Keys.ARCHITECTURE)
-        if arch != ARCHITECTURE:
-            raise ModelFileError(f"{self.model_path} is a {arch!r} model; expected {ARCHITECTURE} "
-                                 "(a jina-reranker-v3 GGUF)")
-        tokens = self.metadata.get(Keys.TOKENS) or []
-        for marker in (DOC_MARKER, QUERY_MARKER):
-            if marker not in tokens:
-                raise ModelFileError(f"{self.model_path}: the vocabulary has no {marker}; "
-                                     "this is not a jina-reranker-v3 model")
-        self.projector: Projector = find_projector(self.model_path, self.metadata, projector)
+        opened = open_reranker_file(self.model_path, projector)
+        self.metadata, self.projector = opened.metadata, opened.projector
         self.block_size, self.block_tokens = block_size, block_tokens
         self.max_query_tokens, self.max_doc_tokens = max_query_tokens, max_doc_tokens
         file_type = self.metadata.get(Keys.FILE_TYPE)

@@ -37,7 +37,7 @@ def inspect(model: str | None, as_json: bool) -> None:
         return
     projector = info["projector"]
     if projector is None:
-        projector_text = "none found (not a converted reranker?)"
+        projector_text = "none found"
     elif projector["shapes"]:
         projector_text = f"{projector['where']}, shapes {projector['shapes']}"
     else:
@@ -57,6 +57,8 @@ def inspect(model: str | None, as_json: bool) -> None:
         ("source", " @ ".join(x for x in (info["source"], info["source_revision"]) if x) or "unknown"),
         ("source sha256", info["source_sha256"] or "unknown"),
         ("converter", info["converter_version"] or "unknown (not made by reranker-cli convert)"),
+        ("reranker", "yes, rerank and serve load it" if info["problem"] is None
+                     else f"no: {info['problem']}"),
         ("cpu path", f"{cpu_path.name} here ({cpu_path.reason})"),
     ]
     for key, value in rows:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from reranker.model_info import describe_model
+from reranker.model_check import open_reranker_file
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import resolve_model
@@ -107,7 +107,9 @@ def serve(model, projector, host, port, model_name, workers, threads, block_toke
     api_key = _read_api_key(api_key_file)
     with friendly_errors():
         model_path = resolve_model_file(model_path)
-        describe_model(model_path)  # fail here, with a clear message, on a bad file
+        # The runtime's own check, on metadata and projector only: a file that is not a
+        # reranker stops here with one line, before any worker loads its weights.
+        open_reranker_file(model_path, projector)
         settings = ServerSettings(
             model_path=model_path, model_name=model_name or model_path.stem,
             projector_path=projector, workers=workers, threads=threads,

@@ -1,0 +1,97 @@
+""""Is this a reranker file?" has one answer: the runtime's, given by `inspect` and `serve` too.
+
+The files are written with gguf-py's own writer (metadata only: nothing here needs
+llama.cpp to load weights, since every refusal comes before that).
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import save_file
+
+from reranker import ModelFileError, Reranker
+from reranker.cli.main import cli
+from reranker.model_check import open_reranker_file, reranker_file_problem
+
+
+def _gguf(path, arch="qwen3", tokens=("a", "<|embed_token|>", "<|rerank_token|>")):
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_token_list(list(tokens))
+    writer.add_tensor("t", np.zeros(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _projector_file(path):
+    save_file({"projector.0.weight": np.ones((8, 16), np.float32),
+               "projector.2.weight": np.ones((4, 8), np.float32)}, str(path))
+    return path
+
+
+def _inspect(path) -> dict:
+    done = CliRunner().invoke(cli, ["inspect", str(path), "--json"])
+    assert done.exit_code == 0, done.output
+    return json.loads(done.output)
+
+
+@pytest.mark.parametrize("sidecar", ["projector.safetensors", "{stem}.projector.safetensors"])
+def test_inspect_finds_the_projector_file_the_runtime_loads(tmp_path, sidecar):
+    model = _gguf(tmp_path / "backbone-q8.gguf")
+    projector = _projector_file(tmp_path / sidecar.format(stem="backbone-q8"))
+    assert open_reranker_file(model).projector.source == str(projector)
+    info = _inspect(model)
+    assert info["projector"] == {"where": str(projector), "shapes": None}
+    assert info["problem"] is None
+    text = CliRunner().invoke(cli, ["inspect", str(model)]).output
+    assert "reranker:      yes" in text
+
+
+def test_inspect_says_why_the_runtime_refuses_a_file(tmp_path):
+    cases = {
+        "no-projector.gguf": (_gguf(tmp_path / "no-projector.gguf"), "carries no projector"),
+        "llama.gguf": (_gguf(tmp_path / "llama.gguf", arch="llama"),
+                       "'llama' model; expected qwen3"),
+        "no-markers.gguf": (_gguf(tmp_path / "no-markers.gguf", tokens=("a", "b")),
+                            "the vocabulary has no <|embed_token|>"),
+    }
+    for name, (path, reason) in cases.items():
+        with pytest.raises(ModelFileError) as refused:
+            Reranker(path)
+        assert reason in str(refused.value), name
+        info = _inspect(path)
+        assert info["problem"] == str(refused.value) == reranker_file_problem(path), name
+        text = CliRunner().invoke(cli, ["inspect", str(path)]).output
+        assert f"reranker:      no: {refused.value}" in text, name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("arch,tokens,reason", [
+    ("llama", ("a", "<|embed_token|>", "<|rerank_token|>"), "'llama' model; expected qwen3"),
+    ("qwen3", ("a", "b"), "the vocabulary has no <|embed_token|>"),
+    ("qwen3", ("a", "<|embed_token|>", "<|rerank_token|>"), "carries no projector"),
+])
+def test_serve_refuses_a_file_that_is_not_a_reranker_at_start_up(tmp_path, arch, tokens, reason):
+    """A real `serve` process: one line on stderr, exit 1, no traceback, nothing loaded."""
+    model = _gguf(tmp_path / "model.gguf", arch=arch, tokens=tokens)
+    done = subprocess.run([sys.executable, "-m", "reranker.cli.main", "serve", "-m", str(model),
+                           "--port", str(_free_port())],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    assert reason in lines[0] and str(model) in lines[0]

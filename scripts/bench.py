@@ -11,7 +11,7 @@ Engines, each on the same prompt tokens and the same number of threads:
   reranker      this project: outputs only at the markers, hidden states at result_norm
   embeddings    llama.cpp in-process in embeddings mode, every token an output
   raw           llama.cpp decoding the same tokens with one output (the ceiling of this build)
-  transformers  Hugging Face transformers float32 (tests/reference.py)
+  transformers  Hugging Face transformers float32 (reranker/testing/reference.py)
   subprocess    Jina's published route: llama-embedding per request, JSON of every token
 Each measurement runs in a fresh process: the median of --runs timed requests after a
 warm-up, the process's peak resident memory, and (for reranker) the cold start of
@@ -33,8 +33,6 @@ from pathlib import Path
 
 from reranker.reranker import BLOCK_TOKENS  # the published default
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 WORKLOADS = {"interactive": (10, 50), "16x120": (16, 120), "64x120": (64, 120),
              "64x300": (64, 300), "200x120": (200, 120)}
@@ -149,7 +147,7 @@ def worker(args) -> dict:
     if args.engine == "transformers":
         import torch
 
-        from reference import ReferenceReranker
+        from reranker.testing.reference import ReferenceReranker
 
         torch.set_num_threads(threads)
         ref = ReferenceReranker(Path(args.checkpoint))

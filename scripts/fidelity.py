@@ -3,7 +3,7 @@
 
     python scripts/fidelity.py CHECKPOINT_DIR MODEL.gguf [MODEL.gguf ...] [--docs 16 --words 120]
 
-Runs the published scoring on Hugging Face transformers (float32, tests/reference.py)
+Runs the published scoring on Hugging Face transformers (float32, reranker/testing/reference.py)
 and on each GGUF with the same prompt and threads, and prints per model: file size,
 seconds per request, max |score difference| and whether the ranking is identical.
 Needs the test extra (torch, transformers).
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import QUERY, documents_of  # noqa: E402
@@ -35,7 +34,7 @@ def main() -> int:
 
     import torch
 
-    from reference import ReferenceReranker
+    from reranker.testing.reference import ReferenceReranker
     from reranker import Reranker
 
     torch.set_num_threads(args.threads)

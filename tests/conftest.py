@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tests' own helpers (texts)
 
-import make_checkpoint  # noqa: E402  (scripts/ is not a package)
+from reranker.testing import checkpoint as make_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +112,7 @@ def converted(tmp_path_factory, tiny_checkpoint, require_decode):
 
 @pytest.fixture(scope="session")
 def reference(tiny_checkpoint):
-    from reference import ReferenceReranker
+    from reranker.testing.reference import ReferenceReranker
 
     return ReferenceReranker(tiny_checkpoint)
 

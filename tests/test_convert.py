@@ -143,7 +143,7 @@ def test_tensor_values_equal_the_source(converted, tiny_checkpoint, type_name, t
                                      {"merges_as_strings": True}],
                          ids=["f16-source", "f32-source", "sharded", "string-merges"])
 def test_other_published_forms_convert_alike(make_tiny, qwen_ranks, converted, tmp_path, options):
-    import make_checkpoint
+    from reranker.testing import checkpoint as make_checkpoint
 
     if options.get("merges_as_strings"):
         checkpoint = make_checkpoint.make_checkpoint(

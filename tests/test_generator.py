@@ -7,7 +7,7 @@ import pytest
 import tiktoken
 from tokenizers import Tokenizer
 
-import make_checkpoint
+from reranker.testing import checkpoint as make_checkpoint
 from reranker.safetensors_file import read_header
 from texts import MULTILINGUAL
 

@@ -69,6 +69,21 @@ class ScoringPlan:
     query_tokens: int  # the query's tokens after marker removal and truncation
     document_tokens: tuple[int, ...]  # each document's, likewise, in input order
 
+    def __post_init__(self):
+        # A plan built by hand must still give every document exactly one score: a gap
+        # would leave an embedding unset, which no later step could notice.
+        covered = [i for block in self.blocks for i in block.documents]
+        if covered != list(range(len(self.document_tokens))):
+            raise ValueError(f"the plan's blocks hold documents {covered[:8]}...; they must "
+                             f"hold 0..{len(self.document_tokens) - 1} once each, in order")
+        for n, block in enumerate(self.blocks):
+            positions = block.marker_positions
+            if (len(block.doc_positions) != len(block.documents)
+                    or any(not a < b for a, b in zip([-1, *positions], positions))
+                    or positions[-1] >= len(block.token_ids)):
+                raise ValueError(f"block {n} of the plan has {len(block.documents)} documents "
+                                 f"but markers at {positions} in {len(block.token_ids)} tokens")
+
     @property
     def input_tokens(self) -> int:
         """Query plus documents as scored: what a server's token limit caps."""

@@ -6,10 +6,11 @@ from importlib import metadata as _metadata
 from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
                              RerankerClosedError, RerankerError)
 from reranker.reranker import Reranker, RerankResult, Scores
+from reranker.scoring_plan import PlannedBlock, ScoringPlan
 from reranker.api_contract import RequestError, RerankRequest, RerankResponse, answer_request
 
-__all__ = ["InputTooLongError", "ModelFileError", "Reranker", "RerankResult",
-           "RerankerCancelled", "RerankerClosedError", "RerankerError", "Scores",
+__all__ = ["InputTooLongError", "ModelFileError", "PlannedBlock", "Reranker", "RerankResult",
+           "RerankerCancelled", "RerankerClosedError", "RerankerError", "Scores", "ScoringPlan",
            "RequestError", "RerankRequest", "RerankResponse", "answer_request"]
 try:
     # One version string, pyproject.toml's: the CLI, the server and converted files all read it.

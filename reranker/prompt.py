@@ -10,6 +10,7 @@ match the reference exactly.
 """
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ class Tokenized:
     more line breaks follow (they join `>\\n`'s piece). `joins_previous` says so.
     """
     text: str
-    ids: tuple[int, ...]
+    ids: array[int]  # compact: a request holds every document's at once
 
     @property
     def joins_previous(self) -> bool:

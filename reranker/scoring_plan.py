@@ -16,6 +16,7 @@ are spliced into the prompt rather than tokenized again with the template around
 from __future__ import annotations
 
 import unicodedata
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -48,7 +49,9 @@ class PlanLimits:
 class PlannedBlock:
     """One prompt: the documents it holds and where its markers are."""
     documents: tuple[int, ...]  # indices into the request's document list, ascending
-    token_ids: tuple[int, ...]  # the whole prompt, closing template tokens included
+    # The whole prompt, closing template tokens included; 4 bytes a token (a list of
+    # Python ints took 36: a plan holds every block's prompt at once).
+    token_ids: array[int]
     doc_positions: tuple[int, ...]  # of each document's marker, in `documents` order
     query_position: int  # of the query marker, after the last document's
 
@@ -112,8 +115,8 @@ class PromptPlanner:
         ids = self.encode(text)
         if len(ids) >= limit:
             cut = self._engine.detokenize(ids[:limit])
-            return Tokenized(cut, tuple(self.encode(cut))), limit
-        return Tokenized(text, tuple(ids)), len(ids)
+            return Tokenized(cut, array("i", self.encode(cut))), limit
+        return Tokenized(text, array("i", ids)), len(ids)
 
     def encode_prompt(self, parts: Iterable[Part]) -> tuple[list[int], list[int], int]:
         """Token ids, the document marker positions and the query marker position."""
@@ -159,7 +162,8 @@ class PromptPlanner:
             group = queue.pop()
             parts = build_prompt(cut_query.text, [docs[i] for i in group], instruction)
             ids, doc_positions, query_position = self.encode_prompt(parts)
-            block = PlannedBlock(tuple(group), tuple(ids), tuple(doc_positions), query_position)
+            block = PlannedBlock(tuple(group), array("i", ids), tuple(doc_positions),
+                                 query_position)
             max_context = self._engine.max_context
             if block.decode_length <= max_context:
                 blocks.append(block)

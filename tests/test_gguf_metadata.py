@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import gguf
-import numpy as np
 import pytest
 
+from gguf_files import write_gguf
 from reranker.errors import ModelFileError
 from reranker.gguf_metadata import StringArray, read_metadata
 
@@ -14,22 +14,17 @@ TRAP = "xx" + "\x03\x00\x00\x00\x00\x00\x00\x00abc"
 ITEMS = ["!", "", "héllo wörld", "日本語", TRAP, "abc", "<|embed_token|>"]
 
 
-def write_gguf(path, items):
-    writer = gguf.GGUFWriter(str(path), "qwen3")
-    writer.add_array("test.strings", items)
-    writer.add_array("test.floats", [0.5, 1.5])
-    writer.add_string("test.name", "a name")
-    writer.add_tensor("t", np.zeros(4, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+def write_strings_gguf(path, items):
+    def add(writer):
+        writer.add_array("test.strings", items)
+        writer.add_array("test.floats", [0.5, 1.5])
+        writer.add_string("test.name", "a name")
+    return write_gguf(path, "qwen3", add)
 
 
 @pytest.fixture
 def strings(tmp_path) -> StringArray:
-    meta = read_metadata(write_gguf(tmp_path / "m.gguf", ITEMS))
+    meta = read_metadata(write_strings_gguf(tmp_path / "m.gguf", ITEMS))
     assert meta.get("test.name") == "a name"
     assert meta.get("test.floats").tolist() == [0.5, 1.5]
     return meta.get("test.strings")
@@ -57,13 +52,13 @@ def test_string_array_finds_whole_items_only(strings):
 
 def test_string_array_equality(strings, tmp_path):
     assert strings == ITEMS
-    assert strings == read_metadata(write_gguf(tmp_path / "again.gguf", ITEMS)).get("test.strings")
+    assert strings == read_metadata(write_strings_gguf(tmp_path / "again.gguf", ITEMS)).get("test.strings")
     assert strings != ITEMS[:-1]
     assert strings != ITEMS[:-1] + ["other"]
 
 
 def test_truncated_string_array_is_reported(tmp_path):
-    path = write_gguf(tmp_path / "m.gguf", ITEMS)
+    path = write_strings_gguf(tmp_path / "m.gguf", ITEMS)
     data = path.read_bytes()
     cut = data.index("<|embed_token|>".encode()) + 3
     path.write_bytes(data[:cut])
@@ -103,7 +98,7 @@ def test_every_value_type_gguf_py_writes_reads_back(tmp_path):
 
 
 def test_an_unknown_value_type_is_named(tmp_path):
-    path = write_gguf(tmp_path / "m.gguf", ITEMS)
+    path = write_strings_gguf(tmp_path / "m.gguf", ITEMS)
     data = bytearray(path.read_bytes())
     # test.name's type code (STRING, 8) sits just after its key: make it 13, unknown.
     at = data.index(b"test.name") + len(b"test.name")

@@ -10,26 +10,19 @@ import socket
 import subprocess
 import sys
 
-import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
+from gguf_files import write_gguf
 from reranker import ModelFileError, Reranker
 from reranker.cli.main import cli
 from reranker.model_check import open_reranker_file, reranker_file_problem
 
 
 def _gguf(path, arch="qwen3", tokens=("a", "<|embed_token|>", "<|rerank_token|>")):
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_token_list(list(tokens))
-    writer.add_tensor("t", np.zeros(4, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_gguf(path, arch, lambda writer: writer.add_token_list(list(tokens)))
 
 
 def _projector_file(path):

@@ -19,10 +19,21 @@ if [ ! -x "$PY" ]; then
     exit 1
 fi
 version=$("$PY" -c 'from importlib.metadata import version; print(version("llama_cpp_python"))')
-compiler=$("$PY" -c 'from reranker.cpu_support import read_llama_build
-print(read_llama_build().compiler or "unknown")')
-if [[ "$compiler" == *"clang version 19"* ]]; then
-    echo "llama-cpp-python $version is already a clang 19 build"
+# The build installed now, named by the sha256 of its CPU library (the wheel's libraries are
+# stripped of the compiler's name, so the file itself cannot say who built it).
+installed_build() {
+    "$PY" -c 'from reranker.cpu_support import read_llama_build
+print(read_llama_build().fingerprint)'
+}
+
+# A GGML_NATIVE build fits the CPU it was built on: key the wheel by CPU model and flags.
+cpu_key=$( { grep -m1 '^model name' /proc/cpuinfo; grep -m1 '^flags' /proc/cpuinfo; } \
+           | sha256sum | cut -c1-12)
+cache=${RERANKER_WHEEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/reranker/wheels}
+wheels="$cache/llama-cpp-python-$version-clang19-$cpu_key"
+if [ -f "$wheels/installed-build" ] && [ "$(installed_build)" = "$(cat "$wheels/installed-build")" ]
+then
+    echo "llama-cpp-python $version is already the clang 19 build of $wheels"
     exit 0
 fi
 
@@ -38,11 +49,6 @@ if ! command -v clang++-19 >/dev/null; then
     fi
 fi
 
-# A GGML_NATIVE build fits the CPU it was built on: key the wheel by CPU model and flags.
-cpu_key=$( { grep -m1 '^model name' /proc/cpuinfo; grep -m1 '^flags' /proc/cpuinfo; } \
-           | sha256sum | cut -c1-12)
-cache=${RERANKER_WHEEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/reranker/wheels}
-wheels="$cache/llama-cpp-python-$version-clang19-$cpu_key"
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "building llama-cpp-python $version with clang 19 (5-10 minutes on two cores)"
     mkdir -p "$cache"
@@ -56,10 +62,8 @@ if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     trap - EXIT
 fi
 "$PY" -m pip install --quiet --no-deps --force-reinstall "$wheels"/llama_cpp_python-*.whl
-
-compiler=$("$PY" -c 'from reranker.cpu_support import read_llama_build
-print(read_llama_build().compiler or "unknown")')
-echo "llama-cpp-python $version now built by: $compiler"
+installed_build > "$wheels/installed-build"
+echo "llama-cpp-python $version is now the clang 19 build of $wheels"
 # Each weight family is decoded on every CPU path in child processes; `auto` takes the
 # AMX path only once this has passed on this build and CPU.
 .venv/bin/reranker-cli doctor

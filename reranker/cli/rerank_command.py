@@ -122,18 +122,29 @@ def _run_batch(ranker: Reranker, lines: list[tuple[int, RerankRequest | InputErr
     failed = []
     with click.progressbar(lines, label="queries", file=sys.stderr) as bar:
         for number, request in bar:
-            if not isinstance(request, InputError):
-                if no_documents:
-                    request = request.model_copy(update={"return_documents": False})
-                try:
-                    response = answer_request(ranker, request, model_name=model_name)
-                except RequestError as e:
-                    request = InputError.refusing(e)
-                except RerankerError as e:  # well-formed but unscorable: the server's 422
-                    request = InputError(str(e), kind="unprocessable")
-                else:
-                    click.echo(json.dumps(response.to_json(), ensure_ascii=False))
-                    continue
-            failed.append(number)
-            click.echo(json.dumps({**request.body(), "line": number}, ensure_ascii=False))
+            answer = answer_batch_request(ranker, request, model_name, not no_documents)
+            if "error" in answer:
+                failed.append(number)
+                answer["line"] = number
+            click.echo(json.dumps(answer, ensure_ascii=False))
     return failed
+
+
+def answer_batch_request(ranker: Reranker, request: RerankRequest | InputError,
+                         model_name: str, include_documents: bool = True) -> dict:
+    """One batch request's answer as JSON: its rerank response, or the server's error body
+    when the request was unusable (`request` is then the InputError) or could not be scored.
+
+    The one place a batch request becomes its answer: the one-process `--batch` and the
+    Ray replicas (reranker.ray) both call it, so they cannot drift apart.
+    """
+    if not isinstance(request, InputError):
+        if not include_documents:
+            request = request.model_copy(update={"return_documents": False})
+        try:
+            return answer_request(ranker, request, model_name=model_name).to_json()
+        except RequestError as e:
+            request = InputError.refusing(e)
+        except RerankerError as e:  # well-formed but unscorable: the server's 422
+            request = InputError(str(e), kind="unprocessable")
+    return request.body()

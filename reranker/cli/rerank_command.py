@@ -16,6 +16,7 @@ from reranker.cli.documents_input import (InputError, batch_requests, check_text
                                           read_documents)
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import MODEL_HELP, resolve_model
+from reranker.cli.ray_batch import ray_job, with_ray_options
 from reranker.cli.runtime_options import block_tokens_option, cpu_path_option
 
 
@@ -50,8 +51,10 @@ def _table(results: list[RerankResultItem]) -> str:
 @cpu_path_option
 @click.option("--json", "as_json", is_flag=True, help="Print the Jina/Cohere rerank response JSON.")
 @click.option("--no-documents", is_flag=True, help="Leave document texts out of JSON output.")
+@with_ray_options
 def rerank(query, documents, documents_file, batch_file, model, projector, top_n, instruction,
-           threads, block_tokens, cpu_path, as_json, no_documents) -> None:
+           threads, block_tokens, cpu_path, as_json, no_documents, use_ray, ray_address,
+           replicas, threads_per_replica, output) -> None:
     """Rank documents by relevance to a query, best first.
 
     Documents come from --document options, --documents-file, or standard input
@@ -63,12 +66,22 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
       reranker-cli rerank -q "capital of France" -f docs.txt --top-n 3 --json
       cat docs.jsonl | reranker-cli rerank -q "capital of France" -m models/jr3-q4_k_m.gguf
       reranker-cli rerank --batch requests.jsonl > responses.jsonl
+      reranker-cli rerank --batch requests.parquet --ray -o answers.parquet
     """
+    job = ray_job(batch_file, use_ray, ray_address, replicas, threads_per_replica, output,
+                  threads)
     if batch_file is not None:
         if query or documents or documents_file or top_n is not None or instruction is not None:
             raise click.UsageError("--batch takes each request's query, documents, top_n and "
                                    "instruction from its file; drop --query, --document, "
                                    "--documents-file, --top-n and --instruction")
+        if job is not None:
+            from reranker.cli.ray_batch import run_ray_batch
+
+            run_ray_batch(batch_file, job, resolve_model(model), dict(
+                projector=projector, block_tokens=block_tokens, cpu_path=cpu_path,
+                include_documents=not no_documents))
+            return
         lines = list(batch_requests(batch_file))
     else:
         if not query:

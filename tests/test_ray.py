@@ -1,0 +1,198 @@
+"""`rerank --batch --ray` and reranker.ray.rerank_dataset on a real local Ray instance.
+
+One Ray instance (two CPUs) serves the module: starting Ray takes seconds on a small
+machine. The CLI runs in-process through CliRunner and joins it; one subprocess test
+runs the real command, which starts and stops a Ray instance of its own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from reranker.cli.main import cli
+from texts import MULTILINGUAL
+
+ray = pytest.importorskip("ray")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+pytestmark = [pytest.mark.slow] if hasattr(pytest.mark, "slow") else []
+
+DOCS = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Bananas.",
+        *[t for t in MULTILINGUAL if t]]
+
+
+def _requests(count: int) -> list[dict]:
+    """Varied, well-formed requests: list lengths, top_n and instructions differ."""
+    out = []
+    for i in range(count):
+        docs = DOCS[i % 5:] + DOCS[:i % 3]
+        request = {"query": f"question {i}: {DOCS[i % len(DOCS)][:30]}", "documents": docs}
+        if i % 4 == 1:
+            request["top_n"] = 2
+        if i % 5 == 2:
+            request["instruction"] = "Prefer documents about capitals."
+        out.append(request)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("RERANKER_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+# Lines a user's file may hold besides requests: each is answered in its place.
+BAD_LINES = [b"{not json",
+             json.dumps({"documents": DOCS}).encode(),  # no query
+             b'{"query": "caf\xe9", "documents": ["a"]}',  # Latin-1, not UTF-8
+             json.dumps({"query": "q", "documents": ["a", 7]}).encode(),
+             json.dumps({"query": "q", "documents": ["a"], "top_n": -1}).encode()]
+
+
+def _batch_file(tmp_path, requests: list[dict], bad: list[bytes] = ()) -> tuple:
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in requests]
+    for i, line in enumerate(bad):  # spread among the good lines, with a blank line
+        lines.insert(2 + 3 * i, line)
+    lines.insert(1, b"")
+    path = tmp_path / "batch.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _one_process(model, batch):
+    """The one-process `rerank --batch`, in a process of its own set up as a one-CPU
+    replica: one llama.cpp thread, and one OpenBLAS thread, as Ray sets OMP_NUM_THREADS
+    to an actor's num_cpus. The projector's float32 matmul runs in numpy, and OpenBLAS
+    with two threads moves scores in the 8th digit, so only like for like is bit-exact."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "reranker.cli.main", "rerank", "-m", str(model),
+                           "--batch", str(batch), "--threads", "1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_ray_batch_answers_exactly_as_one_process(local_ray, runner, converted, tmp_path):
+    model = str(converted("q8_0"))
+    batch = _batch_file(tmp_path, _requests(12), BAD_LINES)
+    one = _one_process(model, batch)
+    out = tmp_path / "ray.jsonl"
+    done = runner.invoke(cli, ["rerank", "-m", model, "--batch", str(batch), "--ray",
+                               "--replicas", "2", "-o", str(out)])
+    assert one.returncode == 1 and done.exit_code == 1, done.output
+    assert out.read_text(encoding="utf-8") == one.stdout  # same lines, order, scores
+    answers = [json.loads(line) for line in one.stdout.splitlines()]
+    assert len(answers) == 12 + len(BAD_LINES)
+    assert sum("error" in a for a in answers) == len(BAD_LINES)
+    failed = one.stderr.strip().splitlines()[-1]
+    assert failed.startswith(f"Error: {len(BAD_LINES)} of 17 requests in {batch} failed (line ")
+    assert failed in done.stderr
+    summary = done.stderr
+    assert "17 requests (5 failed)" in summary
+    assert summary.count("  replica ") in (1, 2)  # a replica that got no work is not listed
+    assert not list(tmp_path.glob(".ray.jsonl.*"))  # the temporary file was renamed
+
+
+def test_rerank_dataset_adds_results_in_row_order(local_ray, converted, ranker_for):
+    from reranker.ray import rerank_dataset
+
+    requests = _requests(10)
+    rows = [{"id": i, "query": r["query"], "documents": r["documents"]}
+            for i, r in enumerate(requests)]
+    dataset = ray.data.from_items(rows, override_num_blocks=5)  # blocks for two replicas
+    out = rerank_dataset(dataset, converted("q8_0"), replicas=2, threads_per_replica=1,
+                         top_n=3, batch_size=2).take_all()
+    assert [row["id"] for row in out] == list(range(10))
+    ranker = ranker_for("q8_0")
+    for row, request in zip(out, requests):
+        expected = ranker.rerank(request["query"], request["documents"], top_n=3)
+        assert row["error"] is None
+        assert [r["index"] for r in row["results"]] == [r.index for r in expected]
+        assert [r["relevance_score"] for r in row["results"]] == pytest.approx(
+            [r.relevance_score for r in expected], abs=1e-6)  # ranker_for runs two threads
+        assert row["total_tokens"] > 0
+        assert list(row["documents"]) == request["documents"]
+
+
+def test_parquet_round_trip_keeps_columns_rows_and_scores(local_ray, runner, converted,
+                                                          tmp_path):
+    model = str(converted("q8_0"))
+    requests = _requests(9)
+    requests[4] = {"query": None, "documents": ["a"]}  # a bad row: no query
+    table = pa.table({
+        "id": [f"r{i}" for i in range(9)],
+        "query": [r["query"] for r in requests],
+        "documents": [r["documents"] for r in requests],
+        "top_n": pa.array([r.get("top_n") for r in requests], pa.int32()),
+        "instruction": [r.get("instruction") for r in requests]})
+    source = tmp_path / "in.parquet"
+    pq.write_table(table, source, row_group_size=4)
+    out = tmp_path / "out.parquet"
+    done = runner.invoke(cli, ["rerank", "-m", model, "--batch", str(source), "--ray",
+                               "--replicas", "2", "-o", str(out)])
+    assert done.exit_code == 1
+    assert f"1 of 9 requests in {source} failed (row 5)" in done.stderr
+    got = pq.read_table(out)
+    assert got.select(table.column_names).equals(table)  # input kept, in order
+    assert got.column_names == [*table.column_names, "results", "total_tokens", "error"]
+
+    jsonl = tmp_path / "same.jsonl"
+    jsonl.write_text("\n".join(json.dumps({k: v for k, v in r.items() if v is not None})
+                               for r in requests) + "\n")
+    one = _one_process(model, jsonl)
+    expected = [json.loads(line) for line in one.stdout.splitlines()]
+    for row, answer in zip(got.to_pylist(), expected):
+        if "error" in answer:
+            assert row["results"] is None and row["total_tokens"] is None
+            assert row["error"] == {"type": "invalid_request", "field": "query",
+                                    "message": '"query" must be a string'}
+            continue
+        assert row["error"] is None
+        assert row["results"] == [{"index": r["index"], "relevance_score": r["relevance_score"]}
+                                  for r in answer["results"]]  # bit-identical floats
+        assert row["total_tokens"] == answer["usage"]["total_tokens"]
+
+
+def _replica_pid(row) -> int:
+    return int(row["replica"].rsplit(":", 1)[1])
+
+
+def test_a_replica_killed_mid_job_loses_and_duplicates_no_row(local_ray, converted,
+                                                               ranker_for):
+    from reranker.ray import rerank_dataset
+
+    requests = _requests(40)
+    dataset = ray.data.from_items([{"id": i, **r} for i, r in enumerate(
+        {"query": r["query"], "documents": r["documents"] * 4} for r in requests)])
+    out = rerank_dataset(dataset, converted("q8_0"), replicas=2, batch_size=1, stats=True)
+    rows, killed = [], None
+    for row in out.iter_rows():
+        rows.append(row)
+        if killed is None:
+            # The replica that answered first has more rows queued: kill its process as
+            # the OOM killer or a lost node would, while the job still has rows to answer.
+            killed = _replica_pid(row)
+            os.kill(killed, signal.SIGKILL)
+    assert [row["id"] for row in rows] == list(range(40))  # none lost, none twice
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed, 0)
+    assert any(_replica_pid(row) != killed for row in rows[1:])
+    ranker = ranker_for("q8_0")
+    for row in rows[::7]:
+        request = {"query": requests[row["id"]]["query"],
+                   "documents": requests[row["id"]]["documents"] * 4}
+        expected = ranker.rerank(request["query"], request["documents"])
+        assert [r["index"] for r in row["results"]] == [r.index for r in expected]

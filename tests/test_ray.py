@@ -196,3 +196,77 @@ def test_a_replica_killed_mid_job_loses_and_duplicates_no_row(local_ray, convert
                    "documents": requests[row["id"]]["documents"] * 4}
         expected = ranker.rerank(request["query"], request["documents"])
         assert [r["index"] for r in row["results"]] == [r.index for r in expected]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--replicas", "2"], "go with --batch --ray"),
+    (["--output", "x.jsonl"], "go with --batch --ray"),
+    (["--ray", "--threads", "2"], "set --threads-per-replica instead of --threads"),
+    (["--ray", "--output", "x.parquet"], "JSON Lines input is answered in JSON Lines"),
+])
+def test_ray_options_out_of_place_are_usage_errors(runner, converted, tmp_path, args, message):
+    batch = _batch_file(tmp_path, _requests(2))
+    done = runner.invoke(cli, ["rerank", "-m", str(converted("q8_0")), "--batch", str(batch),
+                               *args])
+    assert done.exit_code == 2 and message in done.output
+    assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "x.parquet").exists()
+
+
+def test_ray_needs_a_batch_and_parquet_needs_an_output(runner, converted, tmp_path):
+    model = str(converted("q8_0"))
+    done = runner.invoke(cli, ["rerank", "-m", model, "-q", "q", "-d", "a", "--ray"])
+    assert done.exit_code == 2 and "--ray runs a --batch file" in done.output
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"query": ["q"], "documents": [["a"]]}), source)
+    done = runner.invoke(cli, ["rerank", "-m", model, "--batch", str(source), "--ray"])
+    assert done.exit_code == 2 and "pass --output OUT.parquet" in done.output
+
+
+def test_unusable_parquet_input_is_refused_before_ray_starts(runner, converted, tmp_path):
+    model, out = str(converted("q8_0")), tmp_path / "out.parquet"
+    wrong = tmp_path / "wrong.parquet"
+    pq.write_table(pa.table({"question": ["q"], "documents": [["a"]]}), wrong)
+    not_parquet = tmp_path / "text.parquet"
+    not_parquet.write_text('{"query": "q", "documents": ["a"]}\n')
+    for source, message in ((wrong, "has no column query (it has question, documents)"),
+                            (not_parquet, "as Parquet")):
+        done = runner.invoke(cli, ["rerank", "-m", model, "--batch", str(source), "--ray",
+                                   "-o", str(out)])
+        assert done.exit_code == 1 and message in done.output, done.output
+        assert "Traceback" not in done.output and not out.exists()
+
+
+def test_plain_cli_never_imports_ray():
+    code = ("import sys, reranker.cli.main, reranker; "
+            "sys.exit(1 if 'ray' in sys.modules or 'reranker.ray' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_rerank_dataset_refuses_bad_arguments(local_ray, converted, tmp_path):
+    from reranker.errors import ModelFileError
+    from reranker.ray import rerank_dataset
+
+    dataset = ray.data.from_items([{"query": "q", "documents": ["a"]}])
+    with pytest.raises(TypeError, match="must be a ray.data.Dataset, got list"):
+        rerank_dataset([{"query": "q"}], converted("q8_0"))
+    for name, value in (("replicas", 0), ("threads_per_replica", True), ("batch_size", 1.5)):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+            rerank_dataset(dataset, converted("q8_0"), **{name: value})
+    with pytest.raises(ValueError, match="top_n must be a non-negative integer"):
+        rerank_dataset(dataset, converted("q8_0"), top_n=-1)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        rerank_dataset(dataset, tmp_path / "missing.gguf")
+
+
+def test_the_command_starts_and_stops_its_own_ray(converted, tmp_path):
+    """The real command in a process of its own: it starts a local Ray instance, writes
+    only answers on stdout (Ray's progress goes to stderr), and stops Ray at the end."""
+    batch = _batch_file(tmp_path, _requests(3))
+    done = subprocess.run([sys.executable, "-m", "reranker.cli.main", "rerank", "-m",
+                           str(converted("q8_0")), "--batch", str(batch), "--ray",
+                           "--replicas", "1"], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [len(a["results"]) for a in answers] == [len(r["documents"]) if "top_n" not in r
+                                                    else r["top_n"] for r in _requests(3)]
+    assert "3 requests (0 failed)" in done.stderr

@@ -99,6 +99,8 @@ def run_ray_batch(batch_file: IO[bytes], job: RayJob, model_path: Path,
 
     name = input_name(batch_file)
     parquet = is_parquet(name)
+    # Read before Ray starts, so that an unreadable input costs no cluster start-up.
+    table = _read_parquet(name) if parquet else None
     rows = None if parquet else _jsonl_rows(batch_file)
     summary = JobSummary()
     start = time.perf_counter()
@@ -106,7 +108,7 @@ def run_ray_batch(batch_file: IO[bytes], job: RayJob, model_path: Path,
         import ray.data
 
         if parquet:
-            dataset, schema = _parquet_dataset(name)
+            dataset = _parquet_dataset(table)
         else:
             dataset = ray.data.from_items(rows) if rows else None
             # (from_items splits the rows into up to 200 blocks itself)
@@ -114,7 +116,7 @@ def run_ray_batch(batch_file: IO[bytes], job: RayJob, model_path: Path,
         if dataset is not None:
             answered = _answer(dataset, job, model_path, settings, cpus, local, parquet)
         if parquet:
-            failed = _write_parquet(answered, schema, job.output, summary)
+            failed = _write_parquet(answered, table.schema, job.output, summary)
         else:
             failed = _write_jsonl(answered, job.output, summary)
     if summary.requests:
@@ -175,26 +177,30 @@ def _last_line(error: BaseException) -> str:
     return lines[-1].strip() if lines else type(error).__name__
 
 
-def _parquet_dataset(name: str):
-    """The Parquet input as a dataset of up to 200 blocks (a block is what one replica
-    takes at a time; None if there are no rows), and its schema.
-
-    Read by the driver rather than by ray.data.read_parquet: the read's tasks need a
-    CPU each, and when the replicas reserve every CPU (the default) they wait for ever.
-    """
+def _read_parquet(name: str):
+    """The Parquet input, read by the driver rather than by ray.data.read_parquet: the
+    read's tasks need a CPU each, and when the replicas reserve every CPU (the default)
+    they wait for ever."""
     import pyarrow.parquet as pq
-    import ray.data
 
     try:
         table = pq.read_table(name)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise click.ClickException(f"cannot read {name} as Parquet: {e}") from None
     _check_columns(table.column_names, name)
+    return table
+
+
+def _parquet_dataset(table):
+    """`table` as a dataset of up to 200 blocks (a block is what one replica takes at a
+    time), or None if it has no rows."""
+    import ray.data
+
     if not table.num_rows:
-        return None, table.schema
+        return None
     size = -(-table.num_rows // 200)
-    blocks = [table.slice(start, size) for start in range(0, table.num_rows, size)]
-    return ray.data.from_arrow(blocks), table.schema
+    return ray.data.from_arrow([table.slice(start, size)
+                                for start in range(0, table.num_rows, size)])
 
 
 def _check_columns(columns: list[str], name: str) -> None:

@@ -270,3 +270,36 @@ def test_the_command_starts_and_stops_its_own_ray(converted, tmp_path):
     assert [len(a["results"]) for a in answers] == [len(r["documents"]) if "top_n" not in r
                                                     else r["top_n"] for r in _requests(3)]
     assert "3 requests (0 failed)" in done.stderr
+
+
+def test_a_replica_answers_rows_of_any_type_with_a_result_or_an_error(converted):
+    """The replica class on its own (Ray constructs and calls it the same way): rows
+    whose columns have the wrong Arrow type each get an error naming the field."""
+    from reranker.ray.replica import RerankReplica, ReplicaSettings
+    from reranker.reranker import BLOCK_TOKENS
+
+    replica = RerankReplica(ReplicaSettings(model=str(converted("q8_0")), projector=None,
+                                            threads=1, block_tokens=BLOCK_TOKENS, cpu_path=None,
+                                            top_n=1))
+    cases = {
+        "binary documents": (pa.table({"query": ["q"], "documents": [[b"raw"]]}), None),
+        "float top_n": (pa.table({"query": ["q"], "documents": [["a", "b"]],
+                                  "top_n": [1.5]}), "top_n"),
+        "NaN top_n": (pa.table({"query": ["q"], "documents": [["a"]],
+                                "top_n": [float("nan")]}), None),
+        "integer query": (pa.table({"query": [7], "documents": [["a"]]}), "query"),
+        "null documents": (pa.table({"query": ["q"], "documents": pa.array(
+            [None], pa.list_(pa.string()))}), "documents"),
+        "no documents column": (pa.table({"query": ["q"]}), "documents"),
+    }
+    for name, (table, field) in cases.items():
+        row = replica(table).to_pylist()[0]
+        assert row["results"] is None and row["total_tokens"] is None, name
+        assert row["error"]["type"] == "invalid_request" and row["error"]["field"] == field, name
+    # Odd but valid: empty strings, a struct document, the job's top_n, a row's own.
+    table = pa.table({"query": ["", "北京 😀"], "documents": [["", "a"], ["x", "y", "z"]],
+                      "top_n": pa.array([None, 3], pa.int64())})
+    rows = replica(table).to_pylist()
+    assert [len(r["results"]) for r in rows] == [1, 3]
+    assert all(r["error"] is None for r in rows)
+    assert rows[1]["query"] == "北京 😀" and rows[1]["documents"] == ["x", "y", "z"]

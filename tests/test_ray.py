@@ -22,8 +22,8 @@ ray = pytest.importorskip("ray")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-pytestmark = [pytest.mark.slow] if hasattr(pytest.mark, "slow") else []
-
+# `slow` (registered by the test-suite work on another branch) marks the tests that run a
+# Ray job: each costs seconds of Ray scheduling, and the first one Ray's start-up.
 DOCS = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Bananas.",
         *[t for t in MULTILINGUAL if t]]
 
@@ -85,6 +85,7 @@ def _one_process(model, batch):
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_ray_batch_answers_exactly_as_one_process(local_ray, runner, converted, tmp_path):
     model = str(converted("q8_0"))
     batch = _batch_file(tmp_path, _requests(12), BAD_LINES)
@@ -106,6 +107,7 @@ def test_ray_batch_answers_exactly_as_one_process(local_ray, runner, converted, 
     assert not list(tmp_path.glob(".ray.jsonl.*"))  # the temporary file was renamed
 
 
+@pytest.mark.slow
 def test_rerank_dataset_adds_results_in_row_order(local_ray, converted, ranker_for):
     from reranker.ray import rerank_dataset
 
@@ -127,6 +129,7 @@ def test_rerank_dataset_adds_results_in_row_order(local_ray, converted, ranker_f
         assert list(row["documents"]) == request["documents"]
 
 
+@pytest.mark.slow
 def test_parquet_round_trip_keeps_columns_rows_and_scores(local_ray, runner, converted,
                                                           tmp_path):
     model = str(converted("q8_0"))
@@ -170,6 +173,7 @@ def _replica_pid(row) -> int:
     return int(row["replica"].rsplit(":", 1)[1])
 
 
+@pytest.mark.slow
 def test_a_replica_killed_mid_job_loses_and_duplicates_no_row(local_ray, converted,
                                                                ranker_for):
     from reranker.ray import rerank_dataset
@@ -242,6 +246,7 @@ def test_plain_cli_never_imports_ray():
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
+@pytest.mark.slow
 def test_rerank_dataset_refuses_bad_arguments(local_ray, converted, tmp_path):
     from reranker.errors import ModelFileError
     from reranker.ray import rerank_dataset
@@ -258,6 +263,7 @@ def test_rerank_dataset_refuses_bad_arguments(local_ray, converted, tmp_path):
         rerank_dataset(dataset, tmp_path / "missing.gguf")
 
 
+@pytest.mark.slow
 def test_the_command_starts_and_stops_its_own_ray(converted, tmp_path):
     """The real command in a process of its own: it starts a local Ray instance, writes
     only answers on stdout (Ray's progress goes to stderr), and stops Ray at the end."""

@@ -102,7 +102,9 @@ def test_ray_batch_answers_exactly_as_one_process(local_ray, runner, converted, 
     assert failed.startswith(f"Error: {len(BAD_LINES)} of 17 requests in {batch} failed (line ")
     assert failed in done.stderr
     summary = done.stderr
-    assert "17 requests (5 failed)" in summary
+    tokens = sum(a["usage"]["total_tokens"] for a in answers if "usage" in a)
+    documents = sum(len(r["documents"]) for r in _requests(12))
+    assert f"17 requests (5 failed), {documents} documents, {tokens} tokens in " in summary
     assert summary.count("  replica ") in (1, 2)  # a replica that got no work is not listed
     assert not list(tmp_path.glob(".ray.jsonl.*"))  # the temporary file was renamed
 
@@ -309,3 +311,22 @@ def test_a_replica_answers_rows_of_any_type_with_a_result_or_an_error(converted)
     assert [len(r["results"]) for r in rows] == [1, 3]
     assert all(r["error"] is None for r in rows)
     assert rows[1]["query"] == "北京 😀" and rows[1]["documents"] == ["x", "y", "z"]
+
+
+def test_an_empty_input_gets_an_empty_output_without_ray(runner, converted, tmp_path):
+    model = str(converted("q8_0"))
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    out = tmp_path / "out.jsonl"
+    done = runner.invoke(cli, ["rerank", "-m", model, "--batch", str(blank), "--ray",
+                               "-o", str(out)])
+    assert done.exit_code == 0 and out.read_text() == "" and "requests" not in done.stderr
+    source = tmp_path / "none.parquet"
+    pq.write_table(pa.table({"query": pa.array([], pa.string()),
+                             "documents": pa.array([], pa.list_(pa.string()))}), source)
+    done = runner.invoke(cli, ["rerank", "-m", model, "--batch", str(source), "--ray",
+                               "-o", str(tmp_path / "none-out.parquet")])
+    assert done.exit_code == 0, done.output
+    got = pq.read_table(tmp_path / "none-out.parquet")
+    assert got.num_rows == 0
+    assert got.column_names == ["query", "documents", "results", "total_tokens", "error"]

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -104,7 +104,9 @@ def run_ray_batch(batch_file: IO[bytes], job: RayJob, model_path: Path,
     rows = None if parquet else _jsonl_rows(batch_file)
     summary = JobSummary()
     start = time.perf_counter()
-    with _ray_session(job.address) as (cpus, local):
+    empty = not table.num_rows if parquet else not rows
+    # An empty input is answered with an empty output, without starting Ray.
+    with nullcontext((0, False)) if empty else _ray_session(job.address) as (cpus, local):
         import ray.data
 
         if parquet:
@@ -123,11 +125,9 @@ def run_ray_batch(batch_file: IO[bytes], job: RayJob, model_path: Path,
         for line in summary.lines(time.perf_counter() - start):
             click.echo(line, err=True)
     if failed:
-        where = "row" if parquet else "line"
-        shown = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
-        raise click.ClickException(
-            f"{len(failed)} of {summary.requests} requests in {name} failed ({where} {shown}); "
-            "each has an error object in its place in the output")
+        from reranker.cli.rerank_command import batch_failed
+
+        raise batch_failed(failed, summary.requests, name, "row" if parquet else "line")
 
 
 def _jsonl_rows(batch_file: IO[bytes]) -> list[dict]:
@@ -227,11 +227,9 @@ def _answer(dataset, job: RayJob, model_path: Path, settings: dict, cpus: int, l
                    settings={**settings, "as_json": not parquet, "stats": True})
 
 
-def _count(summary, batch, errors: list[bool]) -> None:
+def _count(summary, batch, tokens: list[int | None], errors: list[bool]) -> None:
     from reranker.ray.columns import DOCUMENTS, REPLICA, SECONDS
 
-    tokens = batch.column("total_tokens").to_pylist() if "total_tokens" in batch.column_names \
-        else [None] * batch.num_rows
     for replica, seconds, documents, token, error in zip(
             batch.column(REPLICA).to_pylist(), batch.column(SECONDS).to_pylist(),
             batch.column(DOCUMENTS).to_pylist(), tokens, errors):
@@ -247,16 +245,17 @@ def _write_jsonl(answered, output: Path | None, summary) -> list[int]:
     with _output_text(output) as out:
         for batch in ([] if answered is None else
                       answered.iter_batches(batch_format="pyarrow", batch_size=None)):
-            errors = []
+            errors, tokens = [], []
             for number, text in zip(batch.column(LINE).to_pylist(),
                                     batch.column(ANSWER).to_pylist()):
                 answer = json.loads(text)
                 errors.append("error" in answer)
+                tokens.append(answer.get("usage", {}).get("total_tokens"))
                 if errors[-1]:  # as the one-process --batch: the error body and its line
                     failed.append(number)
                     answer["line"] = number
                 out.write(json.dumps(answer, ensure_ascii=False) + "\n")
-            _count(summary, batch, errors)
+            _count(summary, batch, tokens, errors)
     return failed
 
 
@@ -265,7 +264,8 @@ def _write_parquet(answered, schema, output: Path, summary) -> list[int]:
     the rows that failed."""
     import pyarrow.parquet as pq
 
-    from reranker.ray.columns import DOCUMENTS, ERROR, REPLICA, SECONDS, answer_columns
+    from reranker.ray.columns import (DOCUMENTS, ERROR, REPLICA, SECONDS, TOTAL_TOKENS,
+                                      answer_columns)
 
     failed, writer, row = [], None, 0
     with _temporary(output) as tmp:
@@ -275,7 +275,7 @@ def _write_parquet(answered, schema, output: Path, summary) -> list[int]:
                 errors = [e is not None for e in batch.column(ERROR).to_pylist()]
                 failed += [row + i + 1 for i, e in enumerate(errors) if e]
                 row += batch.num_rows
-                _count(summary, batch, errors)
+                _count(summary, batch, batch.column(TOTAL_TOKENS).to_pylist(), errors)
                 table = batch.drop_columns([REPLICA, SECONDS, DOCUMENTS])
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema)

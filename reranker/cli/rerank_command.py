@@ -119,10 +119,16 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
             return
         failed = _run_batch(ranker, lines, model_path.name, no_documents)
     if failed:
-        shown = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
-        raise click.ClickException(
-            f"{len(failed)} of {len(lines)} requests in {input_name(batch_file)} failed "
-            f"(line {shown}); each has an error object in its place in the output")
+        raise batch_failed(failed, len(lines), input_name(batch_file))
+
+
+def batch_failed(failed: list[int], total: int, source: str, unit: str = "line"
+                 ) -> click.ClickException:
+    """The error a batch run exits with when some of its requests failed."""
+    shown = ", ".join(map(str, failed[:10])) + (", ..." if len(failed) > 10 else "")
+    return click.ClickException(f"{len(failed)} of {total} requests in {source} failed "
+                                f"({unit} {shown}); each has an error object in its place "
+                                "in the output")
 
 
 def _run_batch(ranker: Reranker, lines: list[tuple[int, RerankRequest | InputError]],

@@ -330,3 +330,18 @@ def test_an_empty_input_gets_an_empty_output_without_ray(runner, converted, tmp_
     got = pq.read_table(tmp_path / "none-out.parquet")
     assert got.num_rows == 0
     assert got.column_names == ["query", "documents", "results", "total_tokens", "error"]
+
+
+@pytest.mark.slow
+def test_a_model_no_replica_can_load_fails_the_job_with_its_reason(local_ray, runner, tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf" * 100)
+    batch = _batch_file(tmp_path, _requests(2))
+    out = tmp_path / "out.jsonl"
+    done = runner.invoke(cli, ["rerank", "-m", str(bad), "--batch", str(batch), "--ray",
+                               "--replicas", "1", "-o", str(out)])
+    assert done.exit_code == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: the Ray job failed: reranker.errors.ModelFileError: {bad} is not a GGUF "
+        "file (bad magic bytes)")
+    assert not out.exists() and not list(tmp_path.glob(".out.jsonl.*"))

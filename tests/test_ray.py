@@ -304,13 +304,16 @@ def test_a_replica_answers_rows_of_any_type_with_a_result_or_an_error(converted)
         row = replica(table).to_pylist()[0]
         assert row["results"] is None and row["total_tokens"] is None, name
         assert row["error"]["type"] == "invalid_request" and row["error"]["field"] == field, name
-    # Odd but valid: empty strings, a struct document, the job's top_n, a row's own.
+    # Odd but valid: empty strings, the job's top_n, a row's own.
     table = pa.table({"query": ["", "北京 😀"], "documents": [["", "a"], ["x", "y", "z"]],
                       "top_n": pa.array([None, 3], pa.int64())})
     rows = replica(table).to_pylist()
     assert [len(r["results"]) for r in rows] == [1, 3]
     assert all(r["error"] is None for r in rows)
     assert rows[1]["query"] == "北京 😀" and rows[1]["documents"] == ["x", "y", "z"]
+    # Documents as structs with a "text" field, as JSON Lines may give them.
+    structs = replica(pa.table({"query": ["q"], "documents": [[{"text": "x"}, {"text": "y"}]]}))
+    assert [r["index"] for r in structs.to_pylist()[0]["results"]] in ([0], [1])
 
 
 def test_an_empty_input_gets_an_empty_output_without_ray(runner, converted, tmp_path):

@@ -18,7 +18,7 @@ from typing import IO
 
 import click
 
-from reranker.cli.documents_input import batch_requests, input_name
+from reranker.cli.documents_input import InputError, batch_requests, input_name
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -138,8 +138,8 @@ def _jsonl_rows(batch_file: IO[bytes]) -> list[dict]:
 
     rows = []
     for number, request in batch_requests(batch_file):
-        if isinstance(request, dict):
-            rows.append({LINE: number, JSON_REQUEST: json.dumps(request, ensure_ascii=False),
+        if not isinstance(request, InputError):
+            rows.append({LINE: number, JSON_REQUEST: request.model_dump_json(exclude_none=True),
                          INPUT_ERROR: None})
         else:
             rows.append({LINE: number, JSON_REQUEST: None,

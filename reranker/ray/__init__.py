@@ -10,6 +10,7 @@ from pathlib import Path
 
 import ray.data
 
+from reranker.api_contract import TOP_N_MINIMUM
 from reranker.ray.columns import ERROR, RESULTS, TOTAL_TOKENS
 from reranker.ray.replica import RerankReplica, ReplicaSettings
 from reranker.reranker import BLOCK_TOKENS, resolve_model_file
@@ -52,8 +53,11 @@ def _rerank(dataset: ray.data.Dataset, model: str | Path, *, replicas: int,
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     top_n = settings.get("top_n")
-    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0):
-        raise ValueError(f"top_n must be a non-negative integer or None, got {top_n!r}")
+    # The contract's bound (a row's own top_n is checked by it, per row).
+    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool)
+                              or top_n < TOP_N_MINIMUM):
+        raise ValueError(f"top_n must be an integer of at least {TOP_N_MINIMUM} or None, "
+                         f"got {top_n!r}")
     # Checked here so a missing file is one clear error, not a replica that dies on start;
     # absolute, since the replicas do not run in this directory.
     model_file = resolve_model_file(model).resolve()

@@ -28,7 +28,7 @@ ADDED = (RESULTS, TOTAL_TOKENS, ERROR)
 
 
 def answer_columns(batch: pa.Table, answers: list[dict]) -> pa.Table:
-    """`batch` with the answers (as `answer_request` gives them) as result columns; a
+    """`batch` with the answers (as `answer_batch_request` gives them) as result columns; a
     column of the same name in the input is replaced."""
     results, tokens, errors = [], [], []
     for answer in answers:

@@ -2,7 +2,7 @@
 
 Ray constructs it once per actor, so each replica reads the GGUF once and keeps its
 llama.cpp context for every batch it is given. Each row becomes its answer through
-`answer_request`, the function the one-process `rerank --batch` calls, so the scores
+`answer_batch_request`, the function the one-process `rerank --batch` calls, so the scores
 and error bodies of the two paths cannot drift apart.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from reranker.cli.documents_input import InputError, parse_request
-from reranker.cli.rerank_command import answer_request
+from reranker.cli.documents_input import InputError, parse_request_line
+from reranker.cli.rerank_command import answer_batch_request
 from reranker.reranker import Reranker
 from reranker.ray.columns import (ANSWER, INPUT_ERROR, JSON_REQUEST, answer_columns,
                                   stats_columns)
@@ -73,15 +73,15 @@ class RerankReplica:
         if row.get(INPUT_ERROR) is not None:  # a line the driver could not read as a request
             return json.loads(row[INPUT_ERROR]), 0
         try:
-            request = parse_request(row[JSON_REQUEST] if JSON_REQUEST in row
-                                    else self._request_json(row))
+            request = parse_request_line(row[JSON_REQUEST] if JSON_REQUEST in row
+                                         else self._request_json(row))
         except InputError as e:
             return e.body(), 0
-        return answer_request(self._ranker, request, self._model_name,
-                              self._settings.include_documents), len(request["documents"])
+        return answer_batch_request(self._ranker, request, self._model_name,
+                                    self._settings.include_documents), len(request.documents)
 
     def _request_json(self, row: dict) -> str:
-        """A row of columns as the JSON request `parse_request` checks, so Parquet rows and
+        """A row of columns as the JSON request `parse_request_line` checks, so Parquet rows and
         JSON Lines are held to one contract. A row's own top_n / instruction win; the
         job's apply where the row has none."""
         record = {"query": row.get("query"), "documents": row.get("documents"),

@@ -159,8 +159,30 @@ def _read_verdicts(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def load_entry(key: str) -> object:
+    """What was recorded under `key` (None if nothing); any JSON value."""
+    return _read_verdicts(verdicts_file()).get(key)
+
+
+def save_entry(key: str, entry: dict) -> None:
+    """Record `entry` under `key` beside the other verdicts (a temporary file, renamed)."""
+    target = verdicts_file()
+    folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    verdicts = _read_verdicts(target)
+    verdicts[key] = entry
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".cpu-paths-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(verdicts, file, indent=2)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def load_verdict(key: str) -> Verdict | None:
-    entry = _read_verdicts(verdicts_file()).get(key)
+    entry = load_entry(key)
     try:
         return Verdict(str(entry["path"]), bool(entry["ok"]), str(entry["detail"]),
                        str(entry["checked_at"]))
@@ -171,18 +193,6 @@ def load_verdict(key: str) -> Verdict | None:
 def save_verdict(key: str, path: str, ok: bool, detail: str) -> Verdict:
     """Record a check's outcome (written to a temporary file, then renamed)."""
     verdict = Verdict(path, ok, detail, time.strftime("%Y-%m-%d %H:%M:%S"))
-    target = verdicts_file()
-    folder = target.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    verdicts = _read_verdicts(target)
-    verdicts[key] = {"path": verdict.path, "ok": verdict.ok, "detail": verdict.detail,
-                     "checked_at": verdict.checked_at}
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".cpu-paths-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(verdicts, file, indent=2)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    save_entry(key, {"path": verdict.path, "ok": verdict.ok, "detail": verdict.detail,
+                     "checked_at": verdict.checked_at})
     return verdict

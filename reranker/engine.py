@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from reranker.cpu_path import resolve_cpu_path
+from reranker.cpu_path import CpuPath, resolve_cpu_path
 from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
                              RerankerClosedError, RerankerError)
 from reranker.ggml_tensors import copy_f32_rows, tensor_name
@@ -51,10 +51,15 @@ def default_thread_count() -> int:
 class LlamaEngine:
     """One llama.cpp model and context; `hidden_states` calls are serialized by a lock."""
 
+    name = "llama.cpp"
+
     def __init__(self, model_path: str | Path, *, n_threads: int | None = None,
                  max_context: int | None = None, n_batch: int = 2048, n_ubatch: int = 512,
                  flash_attention: bool | None = None, kv_cache_type: str = "f16",
-                 use_mmap: bool = False, cpu_path: str | None = None):
+                 use_mmap: bool = False, cpu_path: str | None = None,
+                 vocab_only: bool = False):
+        """`vocab_only` loads the vocabulary alone (tokenize, detokenize, special tokens):
+        what another engine running the weights itself needs of llama.cpp."""
         import llama_cpp
 
         self._llama = llama_cpp
@@ -86,10 +91,12 @@ class LlamaEngine:
         route_llama_logs()
         llama_cpp.llama_backend_init()
         # Decided before loading: the weights are laid out for the chosen kernels at load.
-        self.cpu_path = resolve_cpu_path(cpu_path)
+        self.cpu_path = (CpuPath("plain", "vocabulary only: no weights are loaded")
+                         if vocab_only else resolve_cpu_path(cpu_path))
         logger.info("CPU path %s: %s", self.cpu_path.name, self.cpu_path.reason)
         params = llama_cpp.llama_model_default_params()
         params.use_extra_bufts = self.cpu_path.use_extra_buffer_types
+        params.vocab_only = self._vocab_only = vocab_only
         # Read, not mapped: llama.cpp repacks most quantized tensors into its own buffers
         # for the CPU kernels, and with a mapping the file's pages stayed resident beside
         # those copies (q4_k_m, 16 x 120 words: peak 1078 MB mapped, 876 MB read).
@@ -203,22 +210,13 @@ class LlamaEngine:
         must be quick and thread-safe, e.g. `threading.Event.is_set`); once it answers
         true the call raises RerankerCancelled, and the next call decodes from scratch.
         """
-        positions = list(positions)
-        for before, p in zip([-1] + positions, positions):
-            if not before < p < len(tokens):
-                raise ValueError(f"position {p} is out of order or outside the {len(tokens)} "
-                                 "tokens; positions must be ascending and distinct")
+        if self._vocab_only:
+            raise RerankerError(f"this LlamaEngine on {self.model_path.name} loaded the "
+                                "vocabulary only; it tokenizes but has no weights to run")
+        tokens, positions = check_positions(tokens, positions, self.max_context, self.n_vocab)
         if not positions:
             return np.empty((0, self.hidden_size), dtype=np.float32)
-        tokens = tokens[:positions[-1] + 1]
         n = len(tokens)
-        if n > self.max_context:
-            raise InputTooLongError(
-                f"the prompt has {n} tokens but the context is capped at {self.max_context}; "
-                "use fewer or shorter documents or a smaller block size")
-        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
-        if bad:  # llama.cpp would abort the process on an out-of-range id
-            raise RerankerError(f"token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})")
         wanted = np.zeros(n, dtype=np.int8)
         wanted[positions] = 1
         with self._lock:
@@ -366,6 +364,29 @@ class LlamaEngine:
             self.close()
         except Exception:
             pass
+
+
+def check_positions(tokens: Sequence[int], positions: Sequence[int], max_context: int,
+                    n_vocab: int) -> tuple[list[int], list[int]]:
+    """The request every engine refuses alike: positions ascending, distinct and inside
+    the tokens; the tokens up to the last position (all an engine computes) within the
+    context and the vocabulary. Returns (those tokens, positions) as lists."""
+    positions = list(positions)
+    for before, p in zip([-1] + positions, positions):
+        if not before < p < len(tokens):
+            raise ValueError(f"position {p} is out of order or outside the {len(tokens)} "
+                             "tokens; positions must be ascending and distinct")
+    if not positions:
+        return [], []
+    tokens = list(tokens[:positions[-1] + 1])
+    if len(tokens) > max_context:
+        raise InputTooLongError(
+            f"the prompt has {len(tokens)} tokens but the context is capped at {max_context}; "
+            "use fewer or shorter documents or a smaller block size")
+    bad = [t for t in tokens if not 0 <= t < n_vocab]
+    if bad:  # llama.cpp would abort the process on an out-of-range id
+        raise RerankerError(f"token id {bad[0]} is outside the vocabulary (0..{n_vocab - 1})")
+    return tokens, positions
 
 
 def _fill(call, capacity: int, name: str) -> tuple[int, ctypes.Array]:

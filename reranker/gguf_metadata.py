@@ -58,6 +58,7 @@ class GGUFMetadata:
     version: int
     values: dict[str, Any] = field(default_factory=dict)
     tensors: list[TensorInfo] = field(default_factory=list)
+    data_offset: int = 0  # where the tensor data section starts in the file (aligned)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
@@ -207,27 +208,30 @@ def _parse(buf, path: Path) -> GGUFMetadata:
             meta.tensors.append(TensorInfo(name, dims, ggml_type, cursor.scalar("<Q")))
     except (struct.error, ValueError, MemoryError) as e:
         raise ModelFileError(f"{path}: corrupt GGUF metadata ({e})") from e
-    _check_tensor_data(meta, cursor.pos, len(buf))
+    meta.data_offset = _check_tensor_data(meta, cursor.pos, len(buf))
     _check_sizes(meta)
     _check_value_types(meta)
     return meta
 
 
-def _check_tensor_data(meta: GGUFMetadata, metadata_end: int, file_size: int) -> None:
+def _check_tensor_data(meta: GGUFMetadata, metadata_end: int, file_size: int) -> int:
     """The tensor data must lie within the file: a cut-short copy or download is refused
-    here, by name, instead of by llama.cpp at load (or never, by a metadata-only reader)."""
+    here, by name, instead of by llama.cpp at load (or never, by a metadata-only reader).
+    Returns where the tensor data section starts."""
     alignment = meta.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
     if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1:
         raise ModelFileError(f"{meta.path}: corrupt GGUF metadata (general.alignment is "
                              f"{alignment!r})")
+    data_start = -(-metadata_end // alignment) * alignment
     extents = [t.offset + t.nbytes for t in meta.tensors if t.nbytes is not None]
     if not extents:
-        return
-    needed = -(-metadata_end // alignment) * alignment + max(extents)
+        return data_start
+    needed = data_start + max(extents)
     if needed > file_size:
         raise ModelFileError(
             f"{meta.path} is truncated: its tensors need {needed} bytes but the file has "
             f"{file_size} (an interrupted download or copy?); copy, pull or convert it again")
+    return data_start
 
 
 def _check_value_types(meta: GGUFMetadata) -> None:

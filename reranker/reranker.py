@@ -1,6 +1,7 @@
 """`Reranker`: jina-reranker-v3 listwise scoring on a converted GGUF model."""
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from gguf import LlamaFileType
 
 from reranker.blocks import cosine, merge_query_embeddings
 from reranker.engine import LlamaEngine
+from reranker.engine_choice import Engine, resolve_engine
 from reranker.errors import ModelFileError, RerankerCancelled, RerankerClosedError
 from reranker.model_check import open_reranker_file
 from reranker.model_format import FLOAT_FILE_TYPES, Keys
@@ -21,6 +23,8 @@ MAX_QUERY_TOKENS = 512
 MAX_DOC_TOKENS = 2048
 BLOCK_SIZE = 125
 BLOCK_TOKENS = 131072
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,10 @@ class Reranker:
     resident beside the copies (about 200 MB more at q4_k_m). `cpu_path` picks llama.cpp's
     weight layout ("auto", "amx", "repack", "plain"; default $RERANKER_CPU_PATH or auto,
     see `reranker.cpu_path`): auto never takes AMX kernels that doctor has not verified.
+    `engine` ("auto", "llama.cpp", "torch"; default $RERANKER_ENGINE or auto, see
+    `reranker.engine_choice`) runs the backbone on llama.cpp or PyTorch; auto takes what
+    doctor measured as faster for this file here, else llama.cpp. `ranker.engine` says
+    which and why.
     """
 
     def __init__(self, model: str | Path, projector: str | Path | None = None, *,
@@ -83,7 +91,7 @@ class Reranker:
                  max_query_tokens: int = MAX_QUERY_TOKENS, max_doc_tokens: int = MAX_DOC_TOKENS,
                  n_batch: int = 2048, n_ubatch: int = 512, flash_attention: bool | None = None,
                  kv_cache_type: str | None = None, use_mmap: bool = False,
-                 cpu_path: str | None = None):
+                 cpu_path: str | None = None, engine: str | None = None):
         for name, value in (("block_size", block_size), ("block_tokens", block_tokens),
                             ("max_query_tokens", max_query_tokens),
                             ("max_doc_tokens", max_doc_tokens), ("n_ubatch", n_ubatch)):
@@ -104,10 +112,21 @@ class Reranker:
             # llama.cpp's CPU flash attention computes in f16 (~2e-4 on scores): noise next to
             # 4-8-bit weights, where it was up to 10% faster; float files keep exact attention.
             flash_attention = file_type is not None and file_type not in FLOAT_FILE_TYPES
-        self._engine = LlamaEngine(self.model_path, n_threads=n_threads, max_context=max_context,
-                                   n_batch=n_batch, n_ubatch=n_ubatch,
-                                   flash_attention=flash_attention, kv_cache_type=kv_cache_type,
-                                   use_mmap=use_mmap, cpu_path=cpu_path)
+        self.engine: Engine = resolve_engine(engine, self.model_path)
+        logger.info("engine %s: %s", self.engine.name, self.engine.reason)
+        if self.engine.name == "torch":
+            from reranker.torch_engine import TorchEngine
+
+            # As for llama.cpp's KV cache: an all-f32 file is chosen for exactness.
+            dtype = "float32" if file_type == LlamaFileType.ALL_F32 else "bfloat16"
+            self._engine = TorchEngine(self.model_path, n_threads=n_threads,
+                                       max_context=max_context, dtype=dtype)
+        else:
+            self._engine = LlamaEngine(self.model_path, n_threads=n_threads,
+                                       max_context=max_context, n_batch=n_batch,
+                                       n_ubatch=n_ubatch, flash_attention=flash_attention,
+                                       kv_cache_type=kv_cache_type, use_mmap=use_mmap,
+                                       cpu_path=cpu_path)
         self.cpu_path = self._engine.cpu_path
         self.projector.check_hidden_size(self._engine.hidden_size)
         self._planner = PromptPlanner(self._engine, PlanLimits(

@@ -14,6 +14,7 @@ from reranker.cpu_canary import (FAMILIES, CanaryRun, Runner, compare_with_refer
 from reranker.cpu_path import (CpuPath, CpuPathError, extra_path_name, machine_key,
                                resolve_cpu_path, save_verdict, verdicts_file)
 from reranker.cpu_support import CpuInfo, LlamaBuild, read_cpu_info, read_llama_build
+from reranker.engine_choice import TORCH_EXTRA_HINT, save_engine_verdict, torch_available
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import resolve_model
@@ -85,19 +86,37 @@ def diagnose(folder: Path, *, cpu: CpuInfo | None = None, build: LlamaBuild | No
     return Diagnosis(cpu, build, checks, chosen, working, record_error)
 
 
-def _time_request(model: Path, threads: int | None) -> dict:
+def _time_request(model: Path, threads: int | None, engine: str = "llama.cpp") -> dict:
     from reranker import Reranker
 
     documents = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(50)) + "."
                  for i in range(10)]
     started = time.perf_counter()
-    with Reranker(model, n_threads=threads) as ranker:
+    with Reranker(model, n_threads=threads, engine=engine) as ranker:
         loaded = time.perf_counter()
         scored = ranker.score("how are candidate passages ordered by relevance", documents)
         done = time.perf_counter()
-    return {"model": str(model), "load_seconds": round(loaded - started, 3),
+    return {"model": str(model), "engine": engine,
+            "load_seconds": round(loaded - started, 3),
             "request_seconds": round(done - loaded, 3), "tokens": scored.total_tokens,
             "documents": len(documents), "path": ranker.cpu_path.name}
+
+
+def _time_engines(model: Path, threads: int | None) -> tuple[dict[str, dict], str]:
+    """Time the request on each engine installed here and record the faster for `auto`.
+
+    Returns the timings by engine and a line saying what was recorded (or why not).
+    """
+    timings = {"llama.cpp": _time_request(model, threads)}
+    if not torch_available():
+        return timings, f"llama.cpp (PyTorch is not installed: {TORCH_EXTRA_HINT})"
+    timings["torch"] = _time_request(model, threads, "torch")
+    seconds = {name: timing["request_seconds"] for name, timing in timings.items()}
+    try:
+        verdict = save_engine_verdict(model, seconds)
+    except OSError as error:
+        return timings, f"not recorded in {verdicts_file()}: {error}"
+    return timings, f"{verdict.engine} is faster here; auto takes it for this file"
 
 
 def _report(diagnosis: Diagnosis) -> list[str]:
@@ -142,7 +161,8 @@ def _report(diagnosis: Diagnosis) -> list[str]:
 
 @click.command()
 @click.option("--model", "-m", "model", help="Also time one real request (10 documents of "
-              "50 words) on this GGUF file, directory or model name.")
+              "50 words) on this GGUF file, directory or model name, on each engine "
+              "(llama.cpp, and torch if installed), and record the faster for --engine auto.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for --model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON.")
 def doctor(model: str | None, threads: int | None, as_json: bool) -> None:
@@ -166,18 +186,20 @@ def doctor(model: str | None, threads: int | None, as_json: bool) -> None:
             model_path = resolve_model_file(resolve_model(model))
         with tempfile.TemporaryDirectory(prefix="reranker-doctor-") as folder:
             diagnosis = diagnose(Path(folder))
-    timing = None
+    timings, engine_line = {}, None
     if model_path is not None:
         if diagnosis.chosen.name not in diagnosis.working:
             raise click.ClickException(f"not timing {model_path}: the chosen path "
                                        f"{diagnosis.chosen.name} failed a decode check")
         with friendly_errors():
-            timing = _time_request(model_path, threads)
+            timings, engine_line = _time_engines(model_path, threads)
     if as_json:
         out = diagnosis.to_dict()
         out["verdicts_file"] = str(verdicts_file())
-        if timing:
-            out["request"] = timing
+        if timings:
+            out["request"] = timings["llama.cpp"]
+            out["engines"] = timings
+            out["engine"] = engine_line
         click.echo(json.dumps(out, indent=2))
     else:
         for line in _report(diagnosis):
@@ -186,9 +208,11 @@ def doctor(model: str | None, threads: int | None, as_json: bool) -> None:
             click.echo(f"warning: {diagnosis.record_error}", err=True)
         elif diagnosis.build.extra_buffer_types:
             click.echo(f"{'recorded:':12}{verdicts_file()}")
-        if timing:
+        for timing in timings.values():
             click.echo(f"{'request:':12}{timing['documents']} documents, {timing['tokens']} "
-                       f"tokens in {timing['request_seconds']:.2f} s on {timing['path']} "
-                       f"(load {timing['load_seconds']:.2f} s)")
+                       f"tokens in {timing['request_seconds']:.2f} s on {timing['engine']}, "
+                       f"CPU path {timing['path']} (load {timing['load_seconds']:.2f} s)")
+        if engine_line:
+            click.echo(f"{'engine:':12}{engine_line}")
     if not diagnosis.working:
         raise SystemExit(1)

@@ -16,7 +16,7 @@ from reranker.cli.documents_input import input_name, read_batch
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import MODEL_HELP, resolve_model
 from reranker.cli.progress import ProgressBars
-from reranker.cli.runtime_options import block_tokens_option, cpu_path_option
+from reranker.cli.runtime_options import block_tokens_option, cpu_path_option, engine_option
 
 
 def candidate_options(command):
@@ -86,11 +86,13 @@ def _report_text(report: EvaluationReport) -> str:
 @click.option("--model", "-m", help=MODEL_HELP)
 @block_tokens_option
 @cpu_path_option
+@engine_option
 @click.option("--json-report", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the whole report, with per-query metrics, as JSON.")
 def evaluate(dataset_dir: Path, run_file: Path | None, bm25: bool, top_k: int, split: str,
              max_queries: int | None, threads: int | None, model: str | None,
-             block_tokens: int, cpu_path: str | None, json_report: Path | None) -> None:
+             block_tokens: int, cpu_path: str | None, engine: str | None,
+             json_report: Path | None) -> None:
     """Measure nDCG@10, MRR@10 and Recall@k of a first stage before and after reranking.
 
     DATASET_DIR is a retrieval dataset in the BEIR layout: corpus.jsonl,
@@ -116,7 +118,7 @@ def evaluate(dataset_dir: Path, run_file: Path | None, bm25: bool, top_k: int, s
                                       top_k=top_k, max_queries=max_queries)
         try:
             with Reranker(model_path, n_threads=threads, block_tokens=block_tokens,
-                          cpu_path=cpu_path) as ranker:
+                          cpu_path=cpu_path, engine=engine) as ranker:
                 report = evaluate_reranking(
                     ranker, prepared, top_k=top_k,
                     progress=lambda done, total: bars.update("queries", total))

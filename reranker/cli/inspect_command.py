@@ -6,6 +6,7 @@ import json
 import click
 
 from reranker.cpu_path import resolve_cpu_path
+from reranker.engine_choice import resolve_engine
 from reranker.model_info import describe_model
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
@@ -20,18 +21,22 @@ def inspect(model: str | None, as_json: bool) -> None:
 
     MODEL is a GGUF path, a directory, or a model name under models/ (default: the
     model `pull` fetched last, else the only one in models/). Only metadata is read;
-    no weights are loaded. The last line is the
-    CPU path this machine would load it with (`reranker-cli doctor` checks it).
+    no weights are loaded. The last lines are the
+    CPU path and the engine this machine would load it with (`reranker-cli doctor`
+    checks the one and measures the other).
 
     \b
     Example:
       reranker-cli inspect models/jina-reranker-v3-q8_0.gguf
     """
     with friendly_errors():
-        info = describe_model(resolve_model_file(resolve_model(model)))
+        model_path = resolve_model_file(resolve_model(model))
+        info = describe_model(model_path)
         # Not a property of the file: how this machine would load it (see `doctor`).
         cpu_path = resolve_cpu_path()
         info["cpu_path"] = {"name": cpu_path.name, "reason": cpu_path.reason}
+        engine = resolve_engine(None, model_path)
+        info["engine"] = {"name": engine.name, "reason": engine.reason}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -60,6 +65,7 @@ def inspect(model: str | None, as_json: bool) -> None:
         ("reranker", "yes, rerank and serve load it" if info["problem"] is None
                      else f"no: {info['problem']}"),
         ("cpu path", f"{cpu_path.name} here ({cpu_path.reason})"),
+        ("engine", f"{engine.name} here ({engine.reason})"),
     ]
     for key, value in rows:
         click.echo(f"{key + ':':15}{value}")

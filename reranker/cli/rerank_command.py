@@ -17,7 +17,7 @@ from reranker.cli.documents_input import (InputError, batch_requests, check_text
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import MODEL_HELP, resolve_model
 from reranker.cli.ray_batch import ray_job, with_ray_options
-from reranker.cli.runtime_options import block_tokens_option, cpu_path_option
+from reranker.cli.runtime_options import block_tokens_option, cpu_path_option, engine_option
 
 
 def _table(results: list[RerankResultItem]) -> str:
@@ -49,12 +49,13 @@ def _table(results: list[RerankResultItem]) -> str:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all available).")
 @block_tokens_option
 @cpu_path_option
+@engine_option
 @click.option("--json", "as_json", is_flag=True, help="Print the Jina/Cohere rerank response JSON.")
 @click.option("--no-documents", is_flag=True, help="Leave document texts out of JSON output.")
 @with_ray_options
 def rerank(query, documents, documents_file, batch_file, model, projector, top_n, instruction,
-           threads, block_tokens, cpu_path, as_json, no_documents, use_ray, ray_address,
-           replicas, threads_per_replica, output) -> None:
+           threads, block_tokens, cpu_path, engine, as_json, no_documents, use_ray,
+           ray_address, replicas, threads_per_replica, output) -> None:
     """Rank documents by relevance to a query, best first.
 
     Documents come from --document options, --documents-file, or standard input
@@ -109,7 +110,8 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
 
     model_path = resolve_model(model)
     with friendly_errors(), Reranker(model_path, projector, n_threads=threads,
-                                     block_tokens=block_tokens, cpu_path=cpu_path) as ranker:
+                                     block_tokens=block_tokens, cpu_path=cpu_path,
+                                     engine=engine) as ranker:
         if batch_file is None:
             response = answer_request(ranker, request, model_name=model_path.name)
             if as_json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from reranker.cpu_path import CPU_PATHS, ENV_VAR
+from reranker.engine_choice import ENGINES, ENV_VAR as ENGINE_ENV_VAR
 from reranker.reranker import BLOCK_TOKENS
 
 block_tokens_option = click.option(
@@ -20,3 +21,10 @@ cpu_path_option = click.option(
          "for AVX/NEON), plain (weights as in the file) or auto: AMX only once "
          "`reranker-cli doctor` has verified it on this build, else repack where there is "
          f"no AMX. Default: ${ENV_VAR} or auto.")
+
+engine_option = click.option(
+    "--engine", type=click.Choice(ENGINES), default=None,
+    help="What runs the model: llama.cpp, torch (PyTorch on the same GGUF; pip install "
+         "'reranker[torch]') or auto: the one `reranker-cli doctor --model FILE` measured "
+         f"as faster for this file on this machine, else llama.cpp. Default: ${ENGINE_ENV_VAR} "
+         "or auto.")

@@ -13,7 +13,7 @@ from reranker.model_check import open_reranker_file
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import resolve_model
-from reranker.cli.runtime_options import block_tokens_option, cpu_path_option
+from reranker.cli.runtime_options import block_tokens_option, cpu_path_option, engine_option
 
 API_KEY_ENV = "RERANKER_API_KEY"
 
@@ -66,6 +66,7 @@ def _read_api_key(api_key_file: Path | None) -> str | None:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads in all.")
 @block_tokens_option
 @cpu_path_option
+@engine_option
 @click.option("--queue-size", default=16, show_default=True, type=click.IntRange(min=0),
               help="Requests that may wait for a worker; more get 429 with Retry-After.")
 @click.option("--queue-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
@@ -81,8 +82,8 @@ def _read_api_key(api_key_file: Path | None) -> str | None:
 @click.option("--shutdown-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to let running requests finish on SIGTERM / Ctrl-C.")
 def serve(model, projector, host, port, model_name, workers, threads, block_tokens, cpu_path,
-          queue_size, queue_timeout, max_documents, max_body_bytes, max_tokens, api_key_file,
-          log_documents, shutdown_timeout) -> None:
+          engine, queue_size, queue_timeout, max_documents, max_body_bytes, max_tokens,
+          api_key_file, log_documents, shutdown_timeout) -> None:
     """Serve the Jina / Cohere rerank API: POST /v1/rerank (and /rerank).
 
     Also GET /health, GET /v1/models, GET /metrics (Prometheus) and GET /docs (OpenAPI).
@@ -113,7 +114,7 @@ def serve(model, projector, host, port, model_name, workers, threads, block_toke
         settings = ServerSettings(
             model_path=model_path, model_name=model_name or model_path.stem,
             projector_path=projector, workers=workers, threads=threads,
-            block_tokens=block_tokens, cpu_path=cpu_path, queue_size=queue_size,
+            block_tokens=block_tokens, cpu_path=cpu_path, engine=engine, queue_size=queue_size,
             queue_timeout=queue_timeout, max_documents=max_documents,
             max_body_bytes=max_body_bytes, max_tokens=max_tokens, api_key=api_key,
             log_documents=log_documents)

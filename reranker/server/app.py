@@ -42,7 +42,8 @@ def default_opener(settings: ServerSettings) -> Callable[[], Reranker]:
     if settings.threads:
         threads = max(1, settings.threads // settings.workers)
     return lambda: Reranker(settings.model_path, settings.projector_path, n_threads=threads,
-                            block_tokens=settings.block_tokens, cpu_path=settings.cpu_path)
+                            block_tokens=settings.block_tokens, cpu_path=settings.cpu_path,
+                            engine=settings.engine)
 
 
 def open_pool(settings: ServerSettings,
@@ -66,8 +67,9 @@ def create_app(settings: ServerSettings,
         metrics.queue_depth.set_function(lambda: workers.waiting)
         metrics.running.set_function(lambda: workers.running)
         app.state.pool = workers
-        logger.info("serving %s as %s with %d worker(s) on CPU path %s", settings.model_path,
-                    settings.model_name, settings.workers, workers.cpu_path)
+        logger.info("serving %s as %s with %d worker(s) on engine %s, CPU path %s",
+                    settings.model_path, settings.model_name, settings.workers, workers.engine,
+                    workers.cpu_path)
         try:
             yield
         finally:
@@ -115,7 +117,8 @@ def create_app(settings: ServerSettings,
     async def health(request: Request) -> dict:
         pool: RerankerPool = request.app.state.pool
         return {"status": "ok", "model": settings.model_name, "workers": pool.workers,
-                "running": pool.running, "waiting": pool.waiting, "cpu_path": pool.cpu_path}
+                "running": pool.running, "waiting": pool.waiting, "cpu_path": pool.cpu_path,
+                "engine": pool.engine}
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:

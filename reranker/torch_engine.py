@@ -1,0 +1,265 @@
+"""A PyTorch engine: the Qwen3 backbone of a reranker GGUF, run to its final norm.
+
+It answers what `LlamaEngine` answers (final hidden states at given positions of one
+sequence) from the same GGUF file, for machines where PyTorch's CPU kernels (oneDNN's
+AMX bf16 matrix units on recent Xeons) beat llama.cpp's. Tokenization stays with
+llama.cpp (the model's vocabulary loaded alone, no weights), so both engines read
+exactly the same tokens; only the transformer runs here.
+
+The backbone is written out with PyTorch operations rather than borrowed from
+transformers, so `reranker[torch]` needs torch alone: RMSNorm computed in float32,
+Qwen3's per-head RMSNorm on queries and keys, rotary embedding in the NeoX (half-split)
+layout with the GGUF's rope base, grouped-query attention through
+`scaled_dot_product_attention`, a SwiGLU feed-forward. This project's converter (like
+llama.cpp's for qwen3) writes Q and K unpermuted, which the parity test checks.
+Nothing after the last requested position is computed, and in the last layer only the
+requested rows go through attention's output and the feed-forward.
+
+Threads: PyTorch's intra-op thread count is process-wide (`torch.set_num_threads`).
+Each call sets it for its own duration and puts the previous value back, under one
+lock shared by every TorchEngine, so two engines never run with each other's
+setting; PyTorch work elsewhere in the process that runs during a call sees the
+call's count. That is the limitation of sharing a process with PyTorch.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reranker.cpu_path import CpuPath
+from reranker.engine import LlamaEngine, check_positions, default_thread_count
+from reranker.errors import RerankerCancelled, RerankerClosedError
+from reranker.gguf_metadata import GGUFMetadata, read_metadata
+from reranker.model_format import ARCHITECTURE
+from reranker.torch_weights import GGUFWeights, QuantizedRows
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+# torch.set_num_threads is process-wide: calls that change it take turns.
+_THREADS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class BackboneShape:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    rope_base: float
+    eps: float
+    context_length: int
+
+    @classmethod
+    def from_metadata(cls, meta: GGUFMetadata, vocab: int) -> BackboneShape:
+        def value(name: str, default=None):
+            found = meta.get(f"{ARCHITECTURE}.{name}", default)
+            if found is None:
+                raise ValueError(f"{meta.path}: metadata {ARCHITECTURE}.{name} is missing")
+            return found
+        heads = int(value("attention.head_count"))
+        hidden = int(value("embedding_length"))
+        return cls(layers=int(value("block_count")), hidden=hidden, heads=heads,
+                   kv_heads=int(value("attention.head_count_kv", heads)),
+                   head_dim=int(value("attention.key_length", hidden // heads)),
+                   ffn=int(value("feed_forward_length")), vocab=vocab,
+                   rope_base=float(value("rope.freq_base", 10000.0)),
+                   eps=float(value("attention.layer_norm_rms_epsilon", 1e-6)),
+                   context_length=int(value("context_length")))
+
+
+@dataclass
+class _Layer:
+    attn_norm: torch.Tensor
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    q_norm: torch.Tensor
+    k_norm: torch.Tensor
+    out: torch.Tensor
+    ffn_norm: torch.Tensor
+    gate: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+
+
+class TorchEngine:
+    """The backbone in PyTorch; `hidden_states` calls are serialized by a lock."""
+
+    name = "torch"
+
+    def __init__(self, model_path: str | Path, *, n_threads: int | None = None,
+                 max_context: int | None = None, dtype: str = "bfloat16"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        self.model_path = Path(model_path)
+        self.n_threads = n_threads or default_thread_count()
+        self.dtype_name, self.dtype = dtype, DTYPES[dtype]
+        self.reused_tokens = 0  # no KV cache is kept between calls
+        self.decoded_tokens = 0
+        self._lock = threading.Lock()
+        # llama.cpp keeps the tokenizer: the vocabulary alone, no weights, no context.
+        self._vocabulary = LlamaEngine(self.model_path, vocab_only=True)
+        self.cpu_path = CpuPath("none", "torch engine: llama.cpp only tokenizes")
+        meta = read_metadata(self.model_path)
+        self.shape = BackboneShape.from_metadata(meta, self._vocabulary.n_vocab)
+        self.hidden_size = self.shape.hidden
+        self.n_vocab = self._vocabulary.n_vocab
+        self.max_context = min(max_context or self.shape.context_length,
+                               self.shape.context_length)
+        self._embedding, self._layers, self._final_norm = _load(GGUFWeights(meta), self.shape,
+                                                                 self.dtype)
+        half = torch.arange(0, self.shape.head_dim, 2, dtype=torch.float64) / self.shape.head_dim
+        self._inv_freq = (1.0 / self.shape.rope_base ** half).float()
+        logger.info("torch engine: %s weights, %d threads", dtype, self.n_threads)
+
+    # -- tokens: llama.cpp's, as for the llama.cpp engine ---------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return self._vocabulary.tokenize(text)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._vocabulary.detokenize(tokens)
+
+    def special_token_id(self, text: str) -> int:
+        return self._vocabulary.special_token_id(text)
+
+    # -- hidden states -----------------------------------------------------------------
+    def hidden_states(self, tokens: Sequence[int], positions: Sequence[int],
+                      should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+        """Final hidden states at `positions` (ascending) of one sequence, as float32.
+
+        Tokens after the last position are not computed. `should_stop` is asked
+        between layers; once it answers true the call raises RerankerCancelled.
+        """
+        tokens, positions = check_positions(tokens, positions, self.max_context, self.n_vocab)
+        if not positions:
+            return np.empty((0, self.hidden_size), dtype=np.float32)
+        with self._lock:
+            self._check_open()
+            with _threads(self.n_threads), torch.inference_mode():
+                states = self._forward(tokens, positions, should_stop)
+            self.decoded_tokens = len(tokens)
+        return states.float().numpy()
+
+    def _forward(self, tokens: list[int], positions: list[int],
+                 should_stop: Callable[[], bool] | None) -> torch.Tensor:
+        s = self.shape
+        ids = np.asarray(tokens, dtype=np.int64)
+        unique, inverse = np.unique(ids, return_inverse=True)
+        x = self._embedding.rows(unique, self.dtype)[torch.from_numpy(inverse)]
+        cos, sin = self._rope(len(tokens))
+        wanted = torch.tensor(positions)
+        for number, layer in enumerate(self._layers):
+            if should_stop is not None and should_stop():
+                raise RerankerCancelled(f"stopped before layer {number} of {s.layers}: "
+                                        "should_stop() answered true")
+            last = number == s.layers - 1
+            x = self._layer(layer, x, cos, sin, wanted if last else None)
+        return _rms_norm(x, self._final_norm, s.eps)
+
+    def _layer(self, w: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               rows: torch.Tensor | None) -> torch.Tensor:
+        """One decoder layer; with `rows`, only those rows' outputs (the last layer)."""
+        s = self.shape
+        n = x.shape[0]
+        h = _rms_norm(x, w.attn_norm, s.eps)
+        queries_in = h if rows is None else h[rows]
+        q = F.linear(queries_in, w.q).view(-1, s.heads, s.head_dim)
+        k = F.linear(h, w.k).view(n, s.kv_heads, s.head_dim)
+        v = F.linear(h, w.v).view(n, s.kv_heads, s.head_dim)
+        q_positions = slice(None) if rows is None else rows
+        q = _rotate(_rms_norm(q, w.q_norm, s.eps), cos[q_positions], sin[q_positions])
+        k = _rotate(_rms_norm(k, w.k_norm, s.eps), cos, sin)
+        group = s.heads // s.kv_heads
+        # [heads, tokens, head_dim]; keys and values repeated per query head (GQA)
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+        k = k.repeat_interleave(group, dim=0)
+        v = v.repeat_interleave(group, dim=0)
+        if rows is None:
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # a few query rows at arbitrary positions: causal by an explicit mask
+            mask = rows[:, None] >= torch.arange(n)[None, :]
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        attended = attended.transpose(0, 1).reshape(-1, s.heads * s.head_dim)
+        x = (x if rows is None else x[rows]) + F.linear(attended, w.out)
+        h = _rms_norm(x, w.ffn_norm, s.eps)
+        return x + F.linear(F.silu(F.linear(h, w.gate)) * F.linear(h, w.up), w.down)
+
+    def _rope(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = torch.outer(torch.arange(n, dtype=torch.float32), self._inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)[:, None, :]  # [tokens, 1, head_dim]
+        return angles.cos().to(self.dtype), angles.sin().to(self.dtype)
+
+    # -- lifetime -------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._layers is None:
+            raise RerankerClosedError(f"this TorchEngine on {self.model_path.name} was closed; "
+                                      "create a new one")
+
+    def close(self) -> None:
+        """Drop the weights once a running call has finished; idempotent."""
+        with self._lock:
+            self._layers = None
+            self._embedding = self._final_norm = None
+            self._vocabulary.close()
+
+
+def _load(weights: GGUFWeights, s: BackboneShape,
+          dtype: torch.dtype) -> tuple[QuantizedRows, list[_Layer], torch.Tensor]:
+    embedding = weights.quantized_rows("token_embd.weight", (s.vocab, s.hidden))
+    layers = []
+    for i in range(s.layers):
+        def get(part: str, shape: tuple[int, ...], norm: bool = False) -> torch.Tensor:
+            # Norm weights stay float32: they scale float32 normalized values.
+            return weights.tensor(f"blk.{i}.{part}.weight", torch.float32 if norm else dtype,
+                                  shape)
+        layers.append(_Layer(
+            attn_norm=get("attn_norm", (s.hidden,), True),
+            q=get("attn_q", (s.heads * s.head_dim, s.hidden)),
+            k=get("attn_k", (s.kv_heads * s.head_dim, s.hidden)),
+            v=get("attn_v", (s.kv_heads * s.head_dim, s.hidden)),
+            q_norm=get("attn_q_norm", (s.head_dim,), True),
+            k_norm=get("attn_k_norm", (s.head_dim,), True),
+            out=get("attn_output", (s.hidden, s.heads * s.head_dim)),
+            ffn_norm=get("ffn_norm", (s.hidden,), True),
+            gate=get("ffn_gate", (s.ffn, s.hidden)),
+            up=get("ffn_up", (s.ffn, s.hidden)),
+            down=get("ffn_down", (s.hidden, s.ffn))))
+    final_norm = weights.tensor("output_norm.weight", torch.float32, (s.hidden,))
+    return embedding, layers, final_norm
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in float32 (as transformers' Qwen3RMSNorm), back in x's dtype."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight * x32).to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, NeoX layout: the head's first half rotates with its second."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-second, first], dim=-1) * sin
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """PyTorch's intra-op threads set to `n` for the duration, then put back."""
+    with _THREADS_LOCK:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)

@@ -1,0 +1,126 @@
+"""The backbone's weights read from a GGUF file into PyTorch tensors of one dtype.
+
+The same file llama.cpp loads: f32, f16 and bf16 tensors are copied straight into the
+target dtype; quantized ones (q8_0, and any type gguf-py's `dequantize` knows) are
+dequantized a slice of rows at a time, so loading in bf16 never holds a float32 copy
+of more than one slice. The token embedding (151936 rows, a quarter of the model) is
+kept as the file stores it and only the rows a prompt uses are dequantized.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
+
+from reranker.errors import ModelFileError
+from reranker.gguf_metadata import GGUFMetadata, TensorInfo
+
+# Rows dequantized at once: 4096 rows of 1024 floats is a 16 MB float32 scratch.
+_ROWS_PER_SLICE = 4096
+_DIRECT = {GGMLQuantizationType.F32: (np.float32, torch.float32),
+           GGMLQuantizationType.F16: (np.float16, torch.float16),
+           GGMLQuantizationType.BF16: (np.uint16, torch.bfloat16)}
+
+
+class UnsupportedTensorTypeError(ModelFileError):
+    """A tensor type the torch engine cannot dequantize."""
+
+
+@dataclass(frozen=True)
+class QuantizedRows:
+    """A 2-D tensor kept in its file type; rows are dequantized on demand."""
+    raw: np.ndarray  # [rows, bytes per row], uint8
+    qtype: GGMLQuantizationType
+    columns: int
+
+    def rows(self, index: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        values = dequantize(self.raw[index], self.qtype).reshape(len(index), self.columns)
+        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(dtype)
+
+
+class GGUFWeights:
+    """Reads named tensors of one GGUF file (whose metadata was already read and checked)."""
+
+    def __init__(self, metadata: GGUFMetadata):
+        self.metadata = metadata
+        self.path: Path = metadata.path
+        self._infos = {t.name: t for t in metadata.tensors}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._infos
+
+    def _info(self, name: str) -> TensorInfo:
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise ModelFileError(f"{self.path} has no tensor {name}; it is not a complete "
+                                 "qwen3 backbone") from None
+
+    def _raw(self, info: TensorInfo) -> tuple[np.ndarray, GGMLQuantizationType]:
+        """The tensor's bytes, copied into memory, as [rows, bytes per row]."""
+        qtype = _known_type(info, self.path)
+        rows = math.prod(info.shape[1:]) if len(info.shape) > 1 else 1
+        data = np.fromfile(self.path, dtype=np.uint8, count=info.nbytes,
+                           offset=self.metadata.data_offset + info.offset)
+        if data.size != info.nbytes:
+            raise ModelFileError(f"{self.path}: tensor {info.name} is cut short")
+        return data.reshape(rows, -1), qtype
+
+    def tensor(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        """Tensor `name` in `dtype`, checked to have `shape` (PyTorch order, outermost first)."""
+        info = self._info(name)
+        if tuple(reversed(info.shape)) != shape:
+            raise ModelFileError(f"{self.path}: tensor {name} has shape "
+                                 f"{list(reversed(info.shape))}, expected {list(shape)}")
+        raw, qtype = self._raw(info)
+        if qtype in _DIRECT:
+            numpy_type, torch_type = _DIRECT[qtype]
+            direct = torch.from_numpy(raw.view(numpy_type).reshape(shape))
+            return direct.view(torch_type).to(dtype) if qtype == GGMLQuantizationType.BF16 \
+                else direct.to(dtype)
+        out = torch.empty((raw.shape[0], info.shape[0]), dtype=dtype)
+        for start in range(0, raw.shape[0], _ROWS_PER_SLICE):
+            block = _dequantize(raw[start:start + _ROWS_PER_SLICE], qtype, info, self.path)
+            out[start:start + block.shape[0]] = torch.from_numpy(block)
+        return out.reshape(shape)
+
+    def quantized_rows(self, name: str, shape: tuple[int, int]) -> QuantizedRows:
+        """A [rows, columns] tensor kept in its file type, for row lookups."""
+        info = self._info(name)
+        if tuple(reversed(info.shape)) != shape:
+            raise ModelFileError(f"{self.path}: tensor {name} has shape "
+                                 f"{list(reversed(info.shape))}, expected {list(shape)}")
+        raw, qtype = self._raw(info)
+        _dequantize(raw[:1], qtype, info, self.path)  # an unsupported type fails at load
+        return QuantizedRows(raw, qtype, shape[1])
+
+
+def _known_type(info: TensorInfo, path: Path) -> GGMLQuantizationType:
+    try:
+        qtype = GGMLQuantizationType(info.ggml_type)
+    except ValueError:
+        raise UnsupportedTensorTypeError(
+            f"{path}: tensor {info.name} has ggml type {info.ggml_type}, which this gguf "
+            "package does not know; use the llama.cpp engine, or convert the model again "
+            "with --type q8_0, f16 or bf16") from None
+    if info.nbytes is None or qtype not in GGML_QUANT_SIZES:
+        raise UnsupportedTensorTypeError(f"{path}: tensor {info.name} has type {qtype.name}, "
+                                         "whose size is unknown")
+    return qtype
+
+
+def _dequantize(raw: np.ndarray, qtype: GGMLQuantizationType, info: TensorInfo,
+                path: Path) -> np.ndarray:
+    try:
+        values = dequantize(raw, qtype)
+    except NotImplementedError:
+        raise UnsupportedTensorTypeError(
+            f"{path}: tensor {info.name} is {qtype.name}, which the torch engine cannot "
+            "dequantize (gguf-py has no dequantizer for it); use the llama.cpp engine, or "
+            "convert the model again with --type q8_0, f16 or bf16") from None
+    return values.reshape(raw.shape[0], info.shape[0])

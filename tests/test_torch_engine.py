@@ -1,0 +1,410 @@
+"""The PyTorch engine on the same GGUF, and the choice between engines.
+
+Parity is against transformers' own Qwen3Model (tests/reference.py) on the same
+weights; the bf16 engine is held to the ranking, as the llama.cpp q8_0 test is. The
+only stand-ins: doctor's timings are replaced by chosen numbers where a test needs a
+given winner (which engine is faster on a tiny model under a shared CPU is not a fact
+a test can rely on), and verdicts are written by hand to test the pure choice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from reranker import Reranker
+from reranker.cli.main import cli
+from reranker.engine_choice import (ENGINES, EngineError, EngineVerdict, choose_engine,
+                                    load_engine_verdict, model_fingerprint, resolve_engine,
+                                    save_engine_verdict)
+from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
+                             RerankerClosedError, RerankerError)
+from reranker.gguf_metadata import read_metadata
+from reranker.torch_engine import TorchEngine
+from reranker.torch_weights import GGUFWeights, UnsupportedTensorTypeError
+from test_parity import QUERY, SIXTEEN, assert_same_ranking
+from texts import MULTILINGUAL
+
+INSTRUCTION = "Rank passages about rivers first."
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    """A fresh verdict cache and no engine override for this test."""
+    monkeypatch.setenv("RERANKER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RERANKER_ENGINE", raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def f32_engine(converted):
+    engine = TorchEngine(converted("f32"), n_threads=2, dtype="float32")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def torch_ranker_for(converted):
+    """torch_ranker_for(type) -> a Reranker with engine="torch" (one per type)."""
+    opened: dict[str, Reranker] = {}
+
+    def get(type_name: str) -> Reranker:
+        if type_name not in opened:
+            opened[type_name] = Reranker(converted(type_name), n_threads=2, engine="torch")
+        return opened[type_name]
+    yield get
+    for ranker in opened.values():
+        ranker.close()
+
+
+def reference_states(reference, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return reference.model(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+
+
+# -- parity ------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["one", "sixteen", "multilingual", "instruction"])
+def test_float32_hidden_states_match_transformers(f32_engine, reference, case):
+    docs = {"one": SIXTEEN[:1], "sixteen": SIXTEEN, "multilingual": MULTILINGUAL,
+            "instruction": SIXTEEN}[case]
+    ids = reference.prompt_ids(QUERY, docs, INSTRUCTION if case == "instruction" else None)
+    markers = [i for i, t in enumerate(ids) if t in (reference.doc_id, reference.query_id)]
+    assert len(markers) == len(docs) + 1
+    expected = reference_states(reference, ids)
+    np.testing.assert_allclose(f32_engine.hidden_states(ids, markers), expected[markers],
+                               atol=1e-4, rtol=0)
+
+
+def test_every_row_up_to_the_last_position_matches(f32_engine, reference):
+    """Rows before the last layer's trimming and rows at arbitrary positions, not just
+    markers: the last layer's row selection must keep causality for any position."""
+    ids = reference.prompt_ids(QUERY, SIXTEEN[:3])
+    positions = [0, 1, 7, 40, len(ids) // 2, len(ids) - 1]
+    expected = reference_states(reference, ids)
+    np.testing.assert_allclose(f32_engine.hidden_states(ids, positions), expected[positions],
+                               atol=1e-4, rtol=0)
+
+
+def test_tokens_after_the_last_position_are_not_computed(f32_engine, reference):
+    ids = reference.prompt_ids(QUERY, SIXTEEN[:2])
+    positions = [5, 30]
+    alone = f32_engine.hidden_states(ids[:31], positions)
+    assert f32_engine.decoded_tokens == 31
+    followed = f32_engine.hidden_states(ids[:31] + [999999] * 5, positions)  # never read
+    assert f32_engine.decoded_tokens == 31
+    np.testing.assert_array_equal(alone, followed)
+
+
+def test_float32_scores_match_transformers(torch_ranker_for, reference):
+    ranker = torch_ranker_for("f32")
+    assert ranker.engine.name == "torch" and ranker._engine.dtype == torch.float32
+    docs = SIXTEEN + MULTILINGUAL
+    np.testing.assert_allclose(ranker.score(QUERY, docs, instruction=INSTRUCTION).scores,
+                               reference.scores(QUERY, docs, INSTRUCTION), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("type_name", ["bf16", "f16", "q8_0"])
+def test_bf16_engine_keeps_the_ranking(torch_ranker_for, ranker_for, reference, type_name):
+    """bf16 weights and activations: the ranking of transformers float32 (pairs it
+    separates by more than 1e-2, as llama.cpp's q8_0 is held) and of llama.cpp."""
+    ranker = torch_ranker_for(type_name)
+    assert ranker._engine.dtype == torch.bfloat16
+    docs = SIXTEEN + MULTILINGUAL
+    ours = ranker.score(QUERY, docs).scores
+    expected = reference.scores(QUERY, docs)
+    separated = sum(expected[i] - expected[j] > 1e-2 for i in range(len(docs))
+                    for j in range(len(docs)))
+    assert separated > 50  # the case constrains the ranking
+    assert np.abs(ours - expected).max() < 1e-2
+    assert_same_ranking(ours, expected, margin=1e-2)
+    llama = ranker_for(type_name).score(QUERY, docs).scores
+    assert_same_ranking(ours, llama, margin=1e-2)
+
+
+def test_k_quants_dequantize_to_the_weights_they_were_made_from(converted, torch_ranker_for,
+                                                              ranker_for):
+    """q4_k_m (Q4_K and Q6_K tensors), which gguf-py dequantizes, so the torch engine
+    takes it. Each matrix is within its type's quantization error of the f32 file's
+    (a misread offset or row layout would be ~100% off), and the scores within 1e-2 of
+    llama.cpp's on the same file. Not the ranking: llama.cpp rounds activations to 8
+    bits for k-quant products (6.6e-3 apart even with float32 torch), and the tiny
+    model's scores sit closer together than that."""
+    quantized = GGUFWeights(read_metadata(converted("q4_k_m")))
+    exact = GGUFWeights(read_metadata(converted("f32")))
+    types = {t.name: gguf.GGMLQuantizationType(t.ggml_type).name
+             for t in read_metadata(converted("q4_k_m")).tensors}
+    for name, shape, bound in [("blk.0.attn_q.weight", (512, 256), 0.1),
+                               ("blk.1.ffn_down.weight", (256, 512), 0.1),
+                               ("blk.1.attn_v.weight", (128, 256), 0.03)]:
+        ours = quantized.tensor(name, torch.float32, shape)
+        truth = exact.tensor(name, torch.float32, shape)
+        error = ((ours - truth).norm() / truth.norm()).item()
+        assert types[name] in ("Q4_K", "Q6_K") and 0 < error < bound, (name, types[name], error)
+    docs = SIXTEEN + MULTILINGUAL
+    ours = torch_ranker_for("q4_k_m").score(QUERY, docs).scores
+    llama = ranker_for("q4_k_m").score(QUERY, docs).scores
+    assert np.abs(ours - llama).max() < 1e-2
+
+
+def test_several_blocks_and_truncation_as_on_llama_cpp(converted, reference):
+    docs = [f"document {i}: " + "word " * 40 for i in range(20)]
+    with Reranker(converted("f32"), n_threads=2, block_tokens=300, max_doc_tokens=64,
+                  engine="torch") as ranker:
+        scored = ranker.score(QUERY, docs)
+    assert scored.blocks >= 3 and scored.reused_tokens == 0
+    expected = reference.scores(QUERY, docs, max_length=300, max_doc_length=64)
+    np.testing.assert_allclose(scored.scores, expected, atol=1e-4, rtol=0)
+
+
+# -- hostile use ---------------------------------------------------------------------------
+def test_bad_requests_are_refused_as_on_llama_cpp(f32_engine):
+    with pytest.raises(ValueError, match="ascending"):
+        f32_engine.hidden_states([1, 2, 3], [2, 1])
+    with pytest.raises(ValueError, match="outside the 3 tokens"):
+        f32_engine.hidden_states([1, 2, 3], [3])
+    with pytest.raises(RerankerError, match="token id -1 is outside the vocabulary"):
+        f32_engine.hidden_states([1, -1, 3], [2])
+    with pytest.raises(RerankerError, match="outside the vocabulary"):
+        f32_engine.hidden_states([1, f32_engine.n_vocab, 3], [2])
+    assert f32_engine.hidden_states([1, 2], []).shape == (0, f32_engine.hidden_size)
+
+
+def test_a_prompt_longer_than_the_context_is_refused(converted):
+    engine = TorchEngine(converted("f32"), n_threads=1, max_context=32, dtype="float32")
+    try:
+        assert engine.max_context == 32
+        with pytest.raises(InputTooLongError, match="capped at 32"):
+            engine.hidden_states(list(range(100, 140)), [39])
+        assert engine.hidden_states(list(range(100, 132)), [31]).shape == (1, 256)
+    finally:
+        engine.close()
+
+
+def test_should_stop_cancels_between_layers_and_the_threads_are_the_calls(f32_engine):
+    before = torch.get_num_threads()
+    seen = []
+
+    def stop_at_second_layer() -> bool:
+        seen.append(torch.get_num_threads())
+        return len(seen) == 2
+    with pytest.raises(RerankerCancelled, match="before layer 1 of 2"):
+        f32_engine.hidden_states(list(range(100, 200)), [50, 99], stop_at_second_layer)
+    assert seen == [2, 2]  # the engine's n_threads while it runs
+    assert torch.get_num_threads() == before  # and the process's own value after
+    assert f32_engine.hidden_states(list(range(100, 200)), [99]).shape == (1, 256)
+
+
+def test_a_closed_engine_and_ranker_refuse_calls(converted):
+    ranker = Reranker(converted("f32"), n_threads=1, engine="torch")
+    ranker.close()
+    ranker.close()  # idempotent
+    with pytest.raises(RerankerClosedError):
+        ranker.score(QUERY, ["a"])
+    engine = TorchEngine(converted("f32"), n_threads=1)
+    engine.close()
+    with pytest.raises(RerankerClosedError):
+        engine.hidden_states([1, 2], [1])
+    with pytest.raises(RerankerClosedError):
+        engine.tokenize("text")
+
+
+def test_concurrent_calls_give_the_single_call_answer(torch_ranker_for):
+    ranker = torch_ranker_for("f32")
+    alone = ranker.score(QUERY, SIXTEEN[:4]).scores
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(ranker.score(QUERY, SIXTEEN[:4]).scores)
+        except BaseException as error:  # reported below, not lost in the thread
+            errors.append(error)
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 3
+    for scores in results:
+        np.testing.assert_array_equal(scores, alone)
+
+
+def test_a_type_gguf_cannot_dequantize_is_a_typed_error(tmp_path):
+    """A real GGUF with a Q8_1 tensor (gguf-py has no dequantizer for it)."""
+    path = tmp_path / "q8_1.gguf"
+    writer = gguf.GGUFWriter(path, "qwen3")
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_1]
+    raw = np.zeros((4, 64 // block * size), dtype=np.uint8)
+    writer.add_tensor("blk.0.attn_q.weight", raw, raw_dtype=gguf.GGMLQuantizationType.Q8_1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    weights = GGUFWeights(read_metadata(path))
+    with pytest.raises(UnsupportedTensorTypeError, match="Q8_1.*q8_0, f16 or bf16"):
+        weights.tensor("blk.0.attn_q.weight", torch.bfloat16, (4, 64))
+    with pytest.raises(ModelFileError, match="expected \\[4, 32\\]"):
+        weights.tensor("blk.0.attn_q.weight", torch.bfloat16, (4, 32))
+    with pytest.raises(ModelFileError, match="no tensor blk.0.attn_k.weight"):
+        weights.tensor("blk.0.attn_k.weight", torch.bfloat16, (4, 64))
+
+
+def test_bf16_weights_load_without_a_float32_copy(converted):
+    """The bf16 file's matrices are loaded as bf16 (the file's bytes, not widened)."""
+    engine = TorchEngine(converted("bf16"), n_threads=1)
+    try:
+        layer = engine._layers[0]
+        assert layer.q.dtype == torch.bfloat16 and layer.down.dtype == torch.bfloat16
+        assert engine._embedding.raw.dtype == np.uint8  # kept as stored, rows on demand
+        table = gguf_table(converted("bf16"), "blk.0.attn_q.weight")
+        np.testing.assert_array_equal(layer.q.view(torch.int16).numpy(), table)
+    finally:
+        engine.close()
+
+
+def gguf_table(path, name) -> np.ndarray:
+    tensor = next(t for t in gguf.GGUFReader(path).tensors if t.name == name)
+    return np.asarray(tensor.data).view(np.int16)
+
+
+# -- the choice ------------------------------------------------------------------------------
+def verdict(engine: str, fingerprint: str = "fp") -> EngineVerdict:
+    return EngineVerdict(engine, fingerprint, {"llama.cpp": 2.0, "torch": 1.0}, "today")
+
+
+def test_choice_without_a_measurement_is_llama_cpp():
+    chosen = choose_engine("auto", None, "fp", torch_available=True)
+    assert chosen.name == "llama.cpp" and "doctor --model" in chosen.reason
+
+
+def test_choice_follows_a_verdict_for_this_file():
+    assert choose_engine("auto", verdict("torch"), "fp", torch_available=True).name == "torch"
+    assert choose_engine("auto", verdict("llama.cpp"), "fp",
+                         torch_available=True).name == "llama.cpp"
+    chosen = choose_engine("auto", verdict("torch"), "fp", torch_available=True)
+    assert "torch 1.00 s" in chosen.reason and "today" in chosen.reason
+
+
+def test_a_stale_or_unusable_verdict_falls_back_to_llama_cpp():
+    stale = choose_engine("auto", verdict("torch", "old"), "new", torch_available=True)
+    assert stale.name == "llama.cpp" and "changed" in stale.reason
+    no_torch = choose_engine("auto", verdict("torch"), "fp", torch_available=False)
+    assert no_torch.name == "llama.cpp" and "reranker[torch]" in no_torch.reason
+    unknown = choose_engine("auto", verdict("onnx"), "fp", torch_available=True)
+    assert unknown.name == "llama.cpp" and "'onnx'" in unknown.reason
+
+
+def test_explicit_engines_and_bad_names():
+    assert choose_engine("torch", verdict("llama.cpp"), "fp",
+                         torch_available=True).name == "torch"
+    assert choose_engine("llama.cpp", verdict("torch"), "fp",
+                         torch_available=True).name == "llama.cpp"
+    with pytest.raises(EngineError, match="needs PyTorch.*reranker\\[torch\\]"):
+        choose_engine("torch", None, "fp", torch_available=False)
+    with pytest.raises(EngineError, match="'fastest' \\(from option\\) is not one of"):
+        choose_engine("fastest", None, "fp", torch_available=True)
+
+
+def test_environment_variable_and_bad_types(converted, cache, monkeypatch):
+    model = converted("f32")
+    monkeypatch.setenv("RERANKER_ENGINE", "torch")
+    assert resolve_engine(None, model).name == "torch"
+    assert resolve_engine("llama.cpp", model).name == "llama.cpp"  # the option wins
+    monkeypatch.setenv("RERANKER_ENGINE", "gpu")
+    with pytest.raises(EngineError, match="from RERANKER_ENGINE"):
+        resolve_engine(None, model)
+    with pytest.raises(TypeError, match="engine is int"):
+        Reranker(model, engine=3)
+
+
+def test_a_recorded_verdict_decides_auto_until_the_file_changes(converted, cache, tmp_path):
+    model = tmp_path / "copy.gguf"
+    model.write_bytes(converted("f32").read_bytes())
+    assert load_engine_verdict(model) is None
+    save_engine_verdict(model, {"llama.cpp": 3.0, "torch": 1.5})
+    assert resolve_engine(None, model).name == "torch"
+    assert resolve_engine(None, converted("f32")).name == "llama.cpp"  # another file
+    stat = model.stat()
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # replaced since
+    assert model_fingerprint(model) != load_engine_verdict(model).fingerprint
+    assert resolve_engine(None, model).name == "llama.cpp"
+
+
+def test_an_unreadable_verdict_file_counts_as_no_measurement(converted, cache):
+    cache.mkdir()
+    (cache / "cpu-paths.json").write_text("{not json")
+    assert resolve_engine(None, converted("f32")).name == "llama.cpp"
+
+
+# -- the CLI, doctor, inspect and the server -----------------------------------------------------
+def test_cli_engine_option(converted, cache):
+    model = str(converted("f32"))
+    done = CliRunner().invoke(cli, ["rerank", "-m", model, "-q", QUERY, "--json",
+                                    "--engine", "torch", *sum((["-d", d] for d in SIXTEEN[:4]),
+                                                              [])])
+    assert done.exit_code == 0, done.output
+    ours = [r["relevance_score"] for r in sorted(json.loads(done.output)["results"],
+                                                 key=lambda r: r["index"])]
+    with Reranker(model, n_threads=2, engine="llama.cpp") as ranker:
+        np.testing.assert_allclose(ours, ranker.score(QUERY, SIXTEEN[:4]).scores, atol=1e-4)
+    done = CliRunner().invoke(cli, ["rerank", "-m", model, "-q", "q", "-d", "a",
+                                    "--engine", "onnx"])
+    assert done.exit_code == 2 and "Traceback" not in done.output
+    assert "'onnx' is not one of" in done.output
+    for command in ("serve", "eval"):
+        help_text = CliRunner().invoke(cli, [command, "--help"]).output
+        assert "--engine [auto|llama.cpp|torch]" in help_text
+
+
+def test_an_engine_the_environment_names_wrongly_is_one_line(converted, cache, monkeypatch):
+    monkeypatch.setenv("RERANKER_ENGINE", "onnx")
+    done = CliRunner().invoke(cli, ["rerank", "-m", str(converted("f32")), "-q", "q",
+                                    "-d", "a"])
+    assert done.exit_code == 1 and "Traceback" not in done.output
+    assert "engine 'onnx' (from RERANKER_ENGINE)" in done.output
+
+
+def test_doctor_times_both_engines_and_records_the_faster(converted, cache, tmp_path):
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(converted("q8_0").read_bytes())
+    done = CliRunner().invoke(cli, ["doctor", "--model", str(model), "--threads", "2",
+                                    "--json"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    engines = report["engines"]
+    assert set(engines) == {"llama.cpp", "torch"}
+    assert engines["torch"]["tokens"] == engines["llama.cpp"]["tokens"] > 500
+    faster = min(engines, key=lambda name: engines[name]["request_seconds"])
+    recorded = load_engine_verdict(model)
+    assert recorded.engine == faster and recorded.fingerprint == model_fingerprint(model)
+    assert resolve_engine(None, model).name == faster
+    with Reranker(model, n_threads=1) as ranker:
+        assert ranker.engine.name == faster and "measured faster" in ranker.engine.reason
+    shown = CliRunner().invoke(cli, ["inspect", str(model), "--json"])
+    assert json.loads(shown.output)["engine"]["name"] == faster
+    shown = CliRunner().invoke(cli, ["inspect", str(model)])
+    assert f"engine:        {faster} here (measured faster" in shown.output
+
+
+def test_health_names_the_engine(converted, cache):
+    from fastapi.testclient import TestClient
+
+    from reranker.server.app import create_app
+    from reranker.server.settings import ServerSettings
+
+    settings = ServerSettings(model_path=converted("f32"), model_name="tiny", threads=1,
+                              engine="torch")
+    with TestClient(create_app(settings)) as client:
+        health = client.get("/health").json()
+        assert health["engine"] == "torch"
+        answer = client.post("/v1/rerank", json={"query": QUERY, "documents": SIXTEEN[:3]})
+        assert answer.status_code == 200 and len(answer.json()["results"]) == 3
+
+
+def test_engine_names_are_one_list():
+    assert ENGINES == ("auto", "llama.cpp", "torch")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from reranker.cpu_path import CpuPath
 from reranker.engine import LlamaEngine, check_positions, default_thread_count
-from reranker.errors import RerankerCancelled, RerankerClosedError
+from reranker.errors import ModelFileError, RerankerCancelled, RerankerClosedError
 from reranker.gguf_metadata import GGUFMetadata, read_metadata
 from reranker.model_format import ARCHITECTURE
 from reranker.torch_weights import GGUFWeights, QuantizedRows
@@ -65,8 +65,11 @@ class BackboneShape:
     def from_metadata(cls, meta: GGUFMetadata, vocab: int) -> BackboneShape:
         def value(name: str, default=None):
             found = meta.get(f"{ARCHITECTURE}.{name}", default)
-            if found is None:
-                raise ValueError(f"{meta.path}: metadata {ARCHITECTURE}.{name} is missing")
+            if found is None or isinstance(found, bool) or not isinstance(found, (int, float)):
+                raise ModelFileError(f"{meta.path}: metadata {ARCHITECTURE}.{name} is "
+                                     f"{'missing' if found is None else repr(found)}; "
+                                     "expected a number (the file is damaged or not a qwen3 "
+                                     "backbone)")
             return found
         heads = int(value("attention.head_count"))
         hidden = int(value("embedding_length"))

@@ -25,8 +25,8 @@ from reranker.engine_choice import (ENGINES, EngineError, EngineVerdict, choose_
                                     save_engine_verdict)
 from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
                              RerankerClosedError, RerankerError)
-from reranker.gguf_metadata import read_metadata
-from reranker.torch_engine import TorchEngine
+from reranker.gguf_metadata import GGUFMetadata, read_metadata
+from reranker.torch_engine import BackboneShape, TorchEngine
 from reranker.torch_weights import GGUFWeights, UnsupportedTensorTypeError
 from test_parity import QUERY, SIXTEEN, assert_same_ranking
 from texts import MULTILINGUAL
@@ -252,6 +252,20 @@ def test_a_type_gguf_cannot_dequantize_is_a_typed_error(tmp_path):
         weights.tensor("blk.0.attn_q.weight", torch.bfloat16, (4, 32))
     with pytest.raises(ModelFileError, match="no tensor blk.0.attn_k.weight"):
         weights.tensor("blk.0.attn_k.weight", torch.bfloat16, (4, 64))
+
+
+def test_missing_or_damaged_shape_metadata_is_a_model_file_error(converted):
+    meta = read_metadata(converted("f32"))
+    assert BackboneShape.from_metadata(meta, 151936).heads == 8
+    for damage in (None, "eight", True):
+        values = dict(meta.values)
+        if damage is None:
+            del values["qwen3.attention.head_count"]
+        else:
+            values["qwen3.attention.head_count"] = damage
+        broken = GGUFMetadata(meta.path, meta.version, values, meta.tensors, meta.data_offset)
+        with pytest.raises(ModelFileError, match="qwen3.attention.head_count is"):
+            BackboneShape.from_metadata(broken, 151936)
 
 
 def test_bf16_weights_load_without_a_float32_copy(converted):

@@ -15,6 +15,7 @@ from reranker.cpu_path import (CpuPath, CpuPathError, extra_path_name, machine_k
                                resolve_cpu_path, save_verdict, verdicts_file)
 from reranker.cpu_support import CpuInfo, LlamaBuild, read_cpu_info, read_llama_build
 from reranker.engine_choice import TORCH_EXTRA_HINT, save_engine_verdict, torch_available
+from reranker.errors import RerankerError
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import resolve_model
@@ -110,12 +111,18 @@ def _time_engines(model: Path, threads: int | None) -> tuple[dict[str, dict], st
     timings = {"llama.cpp": _time_request(model, threads)}
     if not torch_available():
         return timings, f"llama.cpp (PyTorch is not installed: {TORCH_EXTRA_HINT})"
-    timings["torch"] = _time_request(model, threads, "torch")
+    torch_failure = None
+    try:
+        timings["torch"] = _time_request(model, threads, "torch")
+    except RerankerError as error:  # e.g. a weight type gguf-py cannot dequantize
+        torch_failure = f"the torch engine cannot run this file: {error}"
     seconds = {name: timing["request_seconds"] for name, timing in timings.items()}
     try:
-        verdict = save_engine_verdict(model, seconds)
+        verdict = save_engine_verdict(model, seconds)  # llama.cpp alone if torch failed
     except OSError as error:
         return timings, f"not recorded in {verdicts_file()}: {error}"
+    if torch_failure:
+        return timings, f"{verdict.engine} ({torch_failure})"
     return timings, f"{verdict.engine} is faster here; auto takes it for this file"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,12 +29,14 @@ from reranker.cpu_path import extra_path_name  # noqa: E402
 from reranker.cpu_support import read_cpu_info, read_llama_build  # noqa: E402
 
 
-def child(model: str, path: str, docs: int, words: int, repeats: int, threads: int) -> None:
+def child(model: str, setting: str, docs: int, words: int, repeats: int, threads: int) -> None:
+    """One cell; `setting` is one Reranker option as NAME=VALUE (cpu_path=plain, engine=torch)."""
     from reranker import Reranker
 
+    name, _, value = setting.partition("=")
     documents = documents_of(docs, words)
     started = time.perf_counter()
-    with Reranker(model, n_threads=threads, cpu_path=path) as ranker:
+    with Reranker(model, n_threads=threads, **{name: value}) as ranker:
         loaded = time.perf_counter() - started
         ranker.score(QUERY, documents)  # warm-up
         times = []
@@ -41,11 +44,14 @@ def child(model: str, path: str, docs: int, words: int, repeats: int, threads: i
             began = time.perf_counter()
             scored = ranker.score(QUERY, documents)
             times.append(time.perf_counter() - began)
-    print(json.dumps({"load": loaded, "times": times, "tokens": scored.total_tokens}))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
+    print(json.dumps({"load": loaded, "times": times, "tokens": scored.total_tokens,
+                      "peak_mb": peak_mb}))
 
 
-def run_cell(model: Path, path: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", str(model), path, "--docs", str(args.docs),
+def run_cell(model: Path, setting: str, args) -> dict:
+    """`child` in a fresh process; `setting` as for `child`."""
+    command = [sys.executable, __file__, "--child", str(model), setting, "--docs", str(args.docs),
                "--words", str(args.words), "--repeats", str(args.repeats),
                "--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -65,7 +71,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed requests per process")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--json", type=Path, help="also write the raw results here")
-    parser.add_argument("--child", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1], args.docs, args.words, args.repeats, args.threads)
@@ -86,7 +92,7 @@ def main() -> int:
         for round_number in range(args.rounds):
             order = paths[round_number % len(paths):] + paths[:round_number % len(paths)]
             for path in order:
-                cells[path].append(run_cell(model, path, args))
+                cells[path].append(run_cell(model, f"cpu_path={path}", args))
         results[model.name] = cells
         plain_median = None
         for path in paths:

@@ -14,49 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import QUERY, documents_of  # noqa: E402
+from bench_cpu_paths import run_cell  # noqa: E402  (the cells run in its child processes)
 
 from reranker.cpu_support import read_cpu_info  # noqa: E402
 from reranker.engine_choice import ENGINES  # noqa: E402
-
-
-def child(model: str, engine: str, docs: int, words: int, repeats: int, threads: int) -> None:
-    from reranker import Reranker
-
-    documents = documents_of(docs, words)
-    started = time.perf_counter()
-    with Reranker(model, n_threads=threads, engine=engine) as ranker:
-        loaded = time.perf_counter() - started
-        ranker.score(QUERY, documents)  # warm-up
-        times = []
-        for _ in range(repeats):
-            began = time.perf_counter()
-            scored = ranker.score(QUERY, documents)
-            times.append(time.perf_counter() - began)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
-    print(json.dumps({"load": loaded, "times": times, "tokens": scored.total_tokens,
-                      "peak_mb": peak_mb}))
-
-
-def run_cell(model: Path, engine: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", str(model), engine, "--docs",
-               str(args.docs), "--words", str(args.words), "--repeats", str(args.repeats),
-               "--threads", str(args.threads)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = (f"crashed (signal {-done.returncode})" if done.returncode < 0
-                  else (done.stderr.strip().splitlines() or ["failed"])[-1])
-        return {"error": reason}
-    return json.loads(done.stdout)
 
 
 def main() -> int:
@@ -68,11 +35,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed requests per process")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--json", type=Path, help="also write the raw results here")
-    parser.add_argument("--child", nargs=2, metavar=("MODEL", "ENGINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        child(*args.child, args.docs, args.words, args.repeats, args.threads)
-        return 0
     if args.model is None:
         parser.error("a MODEL.gguf is required")
     engines = [name for name in ENGINES if name != "auto"]
@@ -80,7 +43,7 @@ def main() -> int:
     for round_number in range(args.rounds):
         order = engines[round_number % len(engines):] + engines[:round_number % len(engines)]
         for engine in order:
-            cells[engine].append(run_cell(args.model, engine, args))
+            cells[engine].append(run_cell(args.model, f"engine={engine}", args))
             print(f"round {round_number + 1} {engine}: {cells[engine][-1]}", file=sys.stderr)
     print(f"cpu: {read_cpu_info().model}, {args.threads} threads; {args.model.name}, "
           f"{args.docs} x {args.words} words")

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from gguf import LlamaFileType
@@ -17,6 +18,9 @@ from reranker.errors import ModelFileError, RerankerCancelled, RerankerClosedErr
 from reranker.model_check import open_reranker_file
 from reranker.model_format import FLOAT_FILE_TYPES, Keys
 from reranker.scoring_plan import PlanLimits, PromptPlanner, ScoringPlan
+
+if TYPE_CHECKING:  # imported when chosen: torch is an optional extra
+    from reranker.torch_engine import TorchEngine
 
 # Published defaults: `rerank()` arguments and the tokenizer's model_max_length.
 MAX_QUERY_TOKENS = 512
@@ -81,8 +85,8 @@ class Reranker:
     see `reranker.cpu_path`): auto never takes AMX kernels that doctor has not verified.
     `engine` ("auto", "llama.cpp", "torch"; default $RERANKER_ENGINE or auto, see
     `reranker.engine_choice`) runs the backbone on llama.cpp or PyTorch; auto takes what
-    doctor measured as faster for this file here, else llama.cpp. `ranker.engine` says
-    which and why.
+    doctor measured as faster for this file here, else llama.cpp. `ranker.engine_choice`
+    says which and why; `ranker.engine.name` names the engine underneath.
     """
 
     def __init__(self, model: str | Path, projector: str | Path | None = None, *,
@@ -112,9 +116,9 @@ class Reranker:
             # llama.cpp's CPU flash attention computes in f16 (~2e-4 on scores): noise next to
             # 4-8-bit weights, where it was up to 10% faster; float files keep exact attention.
             flash_attention = file_type is not None and file_type not in FLOAT_FILE_TYPES
-        self.engine: Engine = resolve_engine(engine, self.model_path)
-        logger.info("engine %s: %s", self.engine.name, self.engine.reason)
-        if self.engine.name == "torch":
+        self.engine_choice: Engine = resolve_engine(engine, self.model_path)
+        logger.info("engine %s: %s", self.engine_choice.name, self.engine_choice.reason)
+        if self.engine_choice.name == "torch":
             from reranker.torch_engine import TorchEngine
 
             # As for llama.cpp's KV cache: an all-f32 file is chosen for exactness.
@@ -182,8 +186,8 @@ class Reranker:
             return self._score(plan, should_stop)
 
     @property
-    def engine(self) -> LlamaEngine:
-        """The llama.cpp engine underneath: tokenizer, hidden states, context and cache."""
+    def engine(self) -> LlamaEngine | TorchEngine:
+        """The engine underneath (`.name`: "llama.cpp" or "torch"): tokenizer, hidden states."""
         return self._engine
 
     def count_tokens(self, text: str) -> int:

@@ -103,7 +103,7 @@ def test_tokens_after_the_last_position_are_not_computed(f32_engine, reference):
 
 def test_float32_scores_match_transformers(torch_ranker_for, reference):
     ranker = torch_ranker_for("f32")
-    assert ranker.engine.name == "torch" and ranker._engine.dtype == torch.float32
+    assert ranker.engine.name == "torch" and ranker.engine.dtype == torch.float32
     docs = SIXTEEN + MULTILINGUAL
     np.testing.assert_allclose(ranker.score(QUERY, docs, instruction=INSTRUCTION).scores,
                                reference.scores(QUERY, docs, INSTRUCTION), atol=1e-4, rtol=0)
@@ -114,7 +114,7 @@ def test_bf16_engine_keeps_the_ranking(torch_ranker_for, ranker_for, reference, 
     """bf16 weights and activations: the ranking of transformers float32 (pairs it
     separates by more than 1e-2, as llama.cpp's q8_0 is held) and of llama.cpp."""
     ranker = torch_ranker_for(type_name)
-    assert ranker._engine.dtype == torch.bfloat16
+    assert ranker.engine.dtype == torch.bfloat16
     docs = SIXTEEN + MULTILINGUAL
     ours = ranker.score(QUERY, docs).scores
     expected = reference.scores(QUERY, docs)
@@ -398,7 +398,8 @@ def test_doctor_times_both_engines_and_records_the_faster(converted, cache, tmp_
     assert recorded.engine == faster and recorded.fingerprint == model_fingerprint(model)
     assert resolve_engine(None, model).name == faster
     with Reranker(model, n_threads=1) as ranker:
-        assert ranker.engine.name == faster and "measured faster" in ranker.engine.reason
+        assert ranker.engine.name == ranker.engine_choice.name == faster
+        assert "measured faster" in ranker.engine_choice.reason
     shown = CliRunner().invoke(cli, ["inspect", str(model), "--json"])
     assert json.loads(shown.output)["engine"]["name"] == faster
     shown = CliRunner().invoke(cli, ["inspect", str(model)])

@@ -131,8 +131,9 @@ class TorchEngine:
     def tokenize(self, text: str) -> list[int]:
         return self._vocabulary.tokenize(text)
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return self._vocabulary.detokenize(tokens)
+    def detokenize(self, tokens: Sequence[int], **options) -> str:
+        # Options pass through: the llama.cpp engine's own keywords stay the contract.
+        return self._vocabulary.detokenize(tokens, **options)
 
     def special_token_id(self, text: str) -> int:
         return self._vocabulary.special_token_id(text)
@@ -203,6 +204,11 @@ class TorchEngine:
         angles = torch.outer(torch.arange(n, dtype=torch.float32), self._inv_freq)
         angles = torch.cat([angles, angles], dim=-1)[:, None, :]  # [tokens, 1, head_dim]
         return angles.cos().to(self.dtype), angles.sin().to(self.dtype)
+
+    def reset_cache(self) -> None:
+        """Nothing to forget: no KV cache is kept between calls (the llama.cpp engine's op)."""
+        with self._lock:
+            self._check_open()
 
     # -- lifetime -------------------------------------------------------------------------
     def _check_open(self) -> None:

@@ -212,6 +212,8 @@ def test_a_closed_engine_and_ranker_refuse_calls(converted):
         engine.hidden_states([1, 2], [1])
     with pytest.raises(RerankerClosedError):
         engine.tokenize("text")
+    with pytest.raises(RerankerClosedError):
+        engine.reset_cache()
 
 
 def test_concurrent_calls_give_the_single_call_answer(torch_ranker_for):

@@ -81,7 +81,7 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
 
             run_ray_batch(batch_file, job, resolve_model(model), dict(
                 projector=projector, block_tokens=block_tokens, cpu_path=cpu_path,
-                include_documents=not no_documents))
+                engine=engine, include_documents=not no_documents))
             return
         lines = list(batch_requests(batch_file))
     else:

@@ -21,7 +21,8 @@ def rerank_dataset(dataset: ray.data.Dataset, model: str | Path, *, replicas: in
                    threads_per_replica: int = 1, top_n: int | None = None,
                    instruction: str | None = None, projector: str | Path | None = None,
                    block_tokens: int = BLOCK_TOKENS, cpu_path: str | None = None,
-                   batch_size: int = 8, stats: bool = False) -> ray.data.Dataset:
+                   engine: str | None = None, batch_size: int = 8,
+                   stats: bool = False) -> ray.data.Dataset:
     """Each row of `dataset` (columns `query`, `documents`, optional `top_n` and
     `instruction`) with the columns `results` ([{index, relevance_score}] best first),
     `total_tokens` and `error` added; the rows keep their order.
@@ -40,7 +41,7 @@ def rerank_dataset(dataset: ray.data.Dataset, model: str | Path, *, replicas: in
     return _rerank(dataset, model, replicas=replicas, threads_per_replica=threads_per_replica,
                    batch_size=batch_size, settings=dict(
                        projector=projector, block_tokens=block_tokens, cpu_path=cpu_path,
-                       top_n=top_n, instruction=instruction, stats=stats))
+                       engine=engine, top_n=top_n, instruction=instruction, stats=stats))
 
 
 def _rerank(dataset: ray.data.Dataset, model: str | Path, *, replicas: int,

@@ -31,6 +31,7 @@ class ReplicaSettings:
     threads: int
     block_tokens: int
     cpu_path: str | None
+    engine: str | None = None      # None: $RERANKER_ENGINE or doctor's verdict, per node
     top_n: int | None = None
     instruction: str | None = None
     as_json: bool = False          # answers as --batch's JSON text, not as columns
@@ -44,7 +45,8 @@ class RerankReplica:
         # n_threads matches the actor's num_cpus: Ray reserves exactly the cores llama.cpp
         # uses, so replicas sharing a node do not oversubscribe it.
         self._ranker = Reranker(settings.model, settings.projector, n_threads=settings.threads,
-                                block_tokens=settings.block_tokens, cpu_path=settings.cpu_path)
+                                block_tokens=settings.block_tokens, cpu_path=settings.cpu_path,
+                                engine=settings.engine)
         self._model_name = Path(settings.model).name
         self._name = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -1,5 +1,5 @@
 """Agreement measures by hand and against scipy; `compare` and `--ladder` on generated models
-(f32 with itself agrees perfectly; q4_k_m against f32 is measured, not assumed)."""
+(f32 with itself agrees perfectly; q8_0 against f32 is measured, not assumed)."""
 from __future__ import annotations
 
 import json
@@ -86,25 +86,45 @@ def test_f32_agrees_with_itself_perfectly(converted):
     assert comparison.a.seconds > 0 and comparison.b.seconds_per_query > 0
 
 
-def test_q4_k_m_against_f32_is_measured(converted):
-    comparison = compare_models(converted("f32"), converted("q4_k_m"), _requests(), n_threads=2)
+def test_q8_0_against_f32_is_measured(converted):
+    """The agreement compare_models reports equals one computed here, by scipy and by hand,
+    from each model's own scores: measured on these requests, not assumed."""
+    from reranker import Reranker
+
+    stats = pytest.importorskip("scipy.stats")
+    requests = _requests()
+    comparison = compare_models(converted("f32"), converted("q8_0"), requests, n_threads=2)
+    scores = {}
+    for type_name in ("f32", "q8_0"):
+        with Reranker(converted(type_name), n_threads=2) as ranker:
+            scores[type_name] = [ranker.score(r.query, r.documents).scores for r in requests]
+    pairs = list(zip(scores["f32"], scores["q8_0"]))
+
+    def shared_top(a, b, k):
+        return len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+
     agreement = comparison.agreement
-    assert -1.0 <= agreement.kendall_tau <= 1.0
-    assert all(0.0 <= share <= 1.0 for share in (agreement.top_1, agreement.top_5,
-                                                 agreement.top_10))
-    assert agreement.max_abs_diff > 0  # 4-bit weights do move the scores
-    assert 0 < agreement.mean_abs_diff <= agreement.max_abs_diff
-    assert comparison.b.file_type == "q4_k_m"
+    assert agreement.queries == 3
+    assert agreement.kendall_tau == pytest.approx(
+        np.mean([stats.kendalltau(a, b).statistic for a, b in pairs]))
+    assert agreement.top_1 == pytest.approx(np.mean([a.argmax() == b.argmax() for a, b in pairs]))
+    assert agreement.top_5 == pytest.approx(np.mean([shared_top(a, b, 5) for a, b in pairs]))
+    assert agreement.top_10 == pytest.approx(np.mean([shared_top(a, b, 10) for a, b in pairs]))
+    differences = np.abs(np.concatenate([a - b for a, b in pairs]))
+    assert agreement.max_abs_diff == pytest.approx(differences.max())
+    assert agreement.mean_abs_diff == pytest.approx(differences.mean())
+    assert agreement.max_abs_diff > 0  # 8-bit weights do move the scores
+    assert comparison.b.file_type == "q8_0"
     assert comparison.b.size_bytes < comparison.a.size_bytes
     assert comparison.to_dict()["agreement"]["kendall_tau"] == agreement.kendall_tau
 
 
 def test_ladder_orders_by_size_and_skips_the_reference(converted):
-    files = ladder_files([converted("q4_k_m"), converted("f32"), converted("q8_0"),
+    files = ladder_files([converted("q8_0"), converted("f32"), converted("f16"),
                           converted("f32")])
-    assert files == [converted("f32"), converted("q8_0"), converted("q4_k_m")]
+    assert files == [converted("f32"), converted("f16"), converted("q8_0")]
     rows = quantization_ladder(files[0], files, _requests(count=2), n_threads=2)
-    assert [row.run.file_type for row in rows] == ["f32", "q8_0", "q4_k_m"]
+    assert [row.run.file_type for row in rows] == ["f32", "f16", "q8_0"]
     assert rows[0].agreement is None and rows[0].to_dict()["reference"] is True
     for row in rows[1:]:
         assert row.agreement.queries == 2 and row.agreement.max_abs_diff > 0
@@ -155,20 +175,20 @@ def test_compare_command_table_on_a_beir_dataset(runner, converted, tmp_path):
     (folder / "qrels" / "test.tsv").write_text("q1\td3\t1\n")
     (tmp_path / "run.trec").write_text("".join(f"q1 Q0 d{i} {i + 1} {10 - i} t\n"
                                                for i in range(8)))
-    done = runner.invoke(cli, ["compare", str(converted("f32")), str(converted("q4_k_m")),
+    done = runner.invoke(cli, ["compare", str(converted("f32")), str(converted("q8_0")),
                                "--dataset", str(folder), "--run", str(tmp_path / "run.trec"),
                                "--top-k", "5", "--threads", "2"])
     assert done.exit_code == 0, done.output
     assert "agreement over 1 queries" in done.stdout
     for label in ("Kendall tau", "top-1 agreement", "top-10 agreement", "max |score diff|",
-                  "seconds/query", "size MB", "q4_k_m"):
+                  "seconds/query", "size MB", "q8_0"):
         assert label in done.stdout
 
 
 def test_ladder_command_over_a_directory(runner, converted, requests_file, tmp_path):
     folder = tmp_path / "jr3"
     folder.mkdir()
-    for type_name in ("f32", "q8_0", "q4_k_m"):
+    for type_name in ("f32", "f16", "q8_0"):
         os.link(converted(type_name), folder / converted(type_name).name)
     done = runner.invoke(cli, ["compare", "--ladder", str(folder), "--requests",
                                str(requests_file), "--max-queries", "1", "--threads", "2"])
@@ -176,7 +196,7 @@ def test_ladder_command_over_a_directory(runner, converted, requests_file, tmp_p
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["type", "size", "MB", "s/query", "tau", "top-1", "top-5",
                                 "top-10", "max|diff|"]
-    assert [line.split()[0] for line in lines[1:]] == ["f32", "q8_0", "q4_k_m"]
+    assert [line.split()[0] for line in lines[1:]] == ["f32", "f16", "q8_0"]
     assert lines[1].endswith("reference")  # the largest file, by default
 
 

@@ -59,14 +59,62 @@ def _rewrite_weights(checkpoint, out, *, drop=(), add=None, reshape=None, dtype=
     return out
 
 
-@pytest.mark.parametrize("type_name", USABLE_TYPE_NAMES)
-def test_every_type_loads_and_scores_in_llama_cpp(converted, type_name):
+# Every type against f32 on a case with score gaps. With random weights every score
+# sits near 0.3-0.45 and most inputs give near-ties; documents that each repeat one word
+# 60 times are the construction found to spread the tiny model's f32 scores widest (0.30
+# to 0.44 for any query). A pair keeps its order when its f32 gap exceeds the difference of
+# the two documents' errors, so each type's margin is 1.5x the widest spread of errors
+# (max - min of score - f32 score over these documents) measured on this case on a 2-core
+# AVX2 EPYC: 0.001 for f16 and bf16, 0.009 for q8_0, <= 0.023 for 5 and 6 bits, 0.049 for
+# 4 bits, 0.067 for 3 bits.
+RANKING_WORDS = "Paris river 北京 😀 ==== 1234 def the Марков القاهرة ! ? ñ apple zebra <think>".split(" ")
+RANKING_DOCS = [(word + " ") * 60 for word in RANKING_WORDS]
+RANKING_QUERY = "river"
+RANKING_MARGIN = {
+    "f16": 0.005, "bf16": 0.005, "q8_0": 0.015,
+    **dict.fromkeys(["q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0"], 0.035),
+    **dict.fromkeys(["q4_k_m", "q4_k_s", "q4_1", "q4_0", "iq4_nl", "iq4_xs"], 0.075),
+    **dict.fromkeys(["q3_k_l", "q3_k_m", "q3_k_s", "iq3_m", "iq3_s"], 0.10),
+}
+# q2_k's errors spread over 0.12 here, as wide as the f32 scores themselves: no pair is
+# separated enough to check its order, so its scores are held to a distance instead
+# (measured: 0.085 at most).
+Q2_K_MAX_DIFF = 0.15
+MIN_CHECKED_PAIRS = 10  # the case must give each margin pairs to check, or it checks nothing
+
+
+@pytest.fixture(scope="module")
+def f32_ranking_scores(converted):
+    with Reranker(converted("f32"), n_threads=2) as ranker:  # fresh: nothing cached before
+        return ranker.score(RANKING_QUERY, RANKING_DOCS).scores
+
+
+def test_the_ranking_case_separates_pairs_beyond_every_margin(f32_ranking_scores):
+    scores = f32_ranking_scores
+    gaps = scores[:, None] - scores[None, :]
+    for type_name, margin in RANKING_MARGIN.items():
+        assert int((gaps > margin).sum()) >= MIN_CHECKED_PAIRS, (type_name, np.sort(scores))
+
+
+@pytest.mark.parametrize("type_name", [  # llama.cpp's quantizer takes 5-35 s a type here
+    name if FILE_TYPES[name].direct is not None else pytest.param(name, marks=pytest.mark.slow)
+    for name in USABLE_TYPE_NAMES])
+def test_every_type_loads_and_keeps_the_f32_ranking(converted, f32_ranking_scores, type_name):
     path = converted(type_name)
-    meta = read_metadata(path)
-    assert meta.get(Keys.FILE_TYPE) == int(FILE_TYPES[type_name].ftype)
+    assert read_metadata(path).get(Keys.FILE_TYPE) == int(FILE_TYPES[type_name].ftype)
     with Reranker(path, n_threads=2) as ranker:
-        scores = ranker.score("a query", ["first document", "second document"]).scores
-    assert scores.shape == (2,) and np.all(np.isfinite(scores))
+        scores = ranker.score(RANKING_QUERY, RANKING_DOCS).scores
+    reference = f32_ranking_scores
+    if type_name == "f32":  # the same file in a fresh Reranker: the same scores, bit for bit
+        np.testing.assert_array_equal(scores, reference)
+        return
+    if type_name == "q2_k":
+        assert np.abs(scores - reference).max() < Q2_K_MAX_DIFF
+        return
+    margin = RANKING_MARGIN[type_name]
+    for i, j in zip(*np.nonzero(reference[:, None] - reference[None, :] > margin)):
+        assert scores[i] > scores[j], (type_name, RANKING_WORDS[i], RANKING_WORDS[j],
+                                       reference[i], reference[j], scores[i], scores[j])
 
 
 def test_metadata_llama_cpp_needs(converted, tiny_checkpoint):
@@ -351,6 +399,7 @@ def test_outputs_get_the_mode_of_the_users_umask(tiny_checkpoint, converted, tmp
         assert oct(path.stat().st_mode & 0o777) == oct(expected), path.name
 
 
+@pytest.mark.slow  # two conversions in child processes
 def test_a_killed_conversion_is_removed_by_the_next_run(tiny_checkpoint, tmp_path):
     import subprocess
     import sys

@@ -12,6 +12,8 @@ SIXTEEN = [f"Passage {i}: city number {i * 37} lies on river {i % 5}; population
            for i in range(16)]
 TOLERANCE = {"f32": 1e-4, "f16": 1e-3}
 
+pytestmark = pytest.mark.slow  # every test here runs the transformers reference
+
 
 def assert_same_ranking(ours, reference, margin):
     """Every pair the reference separates by more than `margin` keeps its order."""

@@ -411,6 +411,7 @@ def test_decode_slices_cover_the_prompt_within_one_micro_batch_each(start, stop,
 
 
 @pytest.mark.parametrize("name", LONG_TOKENS)
+@pytest.mark.slow  # the transformers reference
 def test_truncating_long_tokens_keeps_a_prefix_of_the_text(ranker_for, reference, name):
     """A cut text is the published cut (tokenizers' decode of the first ids), never "".
 
@@ -442,6 +443,7 @@ def test_truncating_long_tokens_keeps_a_prefix_of_the_text(ranker_for, reference
     assert list(plan.blocks[0].token_ids) == reference.prompt_ids(cut_query, [cut_doc])
 
 
+@pytest.mark.slow  # the transformers reference
 def test_a_long_token_document_is_scored_on_its_text(ranker_for, reference):
     # Before llama.cpp's "buffer too small" answer was heeded, this document was scored as "".
     ranker = ranker_for("f32")

@@ -163,6 +163,7 @@ def test_projector_is_embedded_exactly(converted, tiny_checkpoint):
         np.testing.assert_array_equal(meta.get(weight_key).reshape(source.shape), source)
 
 
+@pytest.mark.slow  # reads back every tensor (40M values) of four conversions
 @pytest.mark.parametrize("type_name,tolerance", [("f32", 0), ("f16", 0), ("bf16", 0),
                                                  ("q8_0", 0.02)])
 def test_tensor_values_equal_the_source(converted, tiny_checkpoint, type_name, tolerance):
@@ -190,6 +191,7 @@ def test_tensor_values_equal_the_source(converted, tiny_checkpoint, type_name, t
 @pytest.mark.parametrize("options", [{"dtype": "f16"}, {"dtype": "f32"}, {"shards": 3},
                                      {"merges_as_strings": True}],
                          ids=["f16-source", "f32-source", "sharded", "string-merges"])
+@pytest.mark.slow  # four more conversions, every tensor read back
 def test_other_published_forms_convert_alike(make_tiny, qwen_ranks, converted, tmp_path, options):
     from reranker.testing import checkpoint as make_checkpoint
 

@@ -178,6 +178,7 @@ def test_family_of_each_file_type():
     assert all(family_of(t) == f for f, t in FAMILIES.items())
 
 
+@pytest.mark.slow  # a child process per weight family and path
 def test_every_family_decodes_in_a_child_on_plain_and_on_this_builds_path(canary_models):
     extra = extra_path_name(read_llama_build().extra_buffer_types)
     plain = {f: run_canary(m, "plain") for f, m in canary_models.items()}
@@ -218,6 +219,7 @@ def test_states_pointing_elsewhere_than_plain_are_wrong_results():
 
 
 # -- the runtime loads with the chosen path ---------------------------------------------------
+@pytest.mark.slow  # a q4_k_m conversion through llama.cpp's quantizer
 def test_the_engine_loads_weights_as_the_path_says(converted, caplog):
     extra = extra_path_name(read_llama_build().extra_buffer_types)
     if extra is None:
@@ -261,6 +263,7 @@ def test_inspect_names_the_path(converted, cache, monkeypatch):
 
 
 # -- doctor --------------------------------------------------------------------------------
+@pytest.mark.slow  # doctor decodes every weight family in child processes
 def test_doctor_on_this_machine(cache):
     done = CliRunner().invoke(cli, ["doctor", "--json"])
     assert done.exit_code == 0, done.output

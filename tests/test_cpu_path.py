@@ -278,6 +278,7 @@ def test_doctor_on_this_machine(cache):
         assert recorded is not None and recorded.path == extra
 
 
+@pytest.mark.slow  # doctor's child processes
 def test_doctor_with_a_crashing_amx_path_reports_it_and_falls_back(cache, monkeypatch,
                                                                    plain_child):
     """AMX present (forced) and its q8_0 and k-quant kernels crashing (a child that
@@ -320,6 +321,7 @@ def test_doctor_exits_non_zero_only_when_no_path_works(cache, monkeypatch):
     assert "no path decodes every weight family" in done.output
 
 
+@pytest.mark.slow  # doctor's child processes, then a timed request
 def test_doctor_times_a_real_request(converted, cache):
     done = CliRunner().invoke(cli, ["doctor", "--model", str(converted("q8_0")),
                                     "--threads", "2", "--json"])

@@ -92,6 +92,7 @@ def test_query_too_long_for_any_document(converted):
         assert len(ranker.rerank("q", ["a"])) == 1
 
 
+@pytest.mark.slow  # many small blocks, decoded again as they are halved
 def test_context_cap_splits_blocks_instead_of_failing(converted):
     docs = [f"document {i} " + "text " * 30 for i in range(20)]
     with Reranker(converted("f32"), n_threads=2) as unlimited, \
@@ -304,6 +305,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # eight model loads in a child process
 def test_close_at_any_point_of_concurrent_calls_never_crashes(converted):
     """Three threads call the Reranker and its engine in a loop while close() comes at a
     random moment, eight times: each loop must end with RerankerClosedError, never a crash.

@@ -302,13 +302,17 @@ def test_a_replica_answers_rows_of_any_type_with_a_result_or_an_error(converted)
         "null documents": (pa.table({"query": ["q"], "documents": pa.array(
             [None], pa.list_(pa.string()))}), "documents"),
         "no documents column": (pa.table({"query": ["q"]}), "documents"),
+        # The contract's decisions hold for Parquet rows too.
+        "empty query": (pa.table({"query": [""], "documents": [["a"]]}), "query"),
+        "empty documents": (pa.table({"query": ["q"], "documents": pa.array(
+            [[]], pa.list_(pa.string()))}), "documents"),
     }
     for name, (table, field) in cases.items():
         row = replica(table).to_pylist()[0]
         assert row["results"] is None and row["total_tokens"] is None, name
         assert row["error"]["type"] == "invalid_request" and row["error"]["field"] == field, name
-    # Odd but valid: empty strings, the job's top_n, a row's own.
-    table = pa.table({"query": ["", "北京 😀"], "documents": [["", "a"], ["x", "y", "z"]],
+    # Odd but valid: a blank query, an empty document, the job's top_n, a row's own.
+    table = pa.table({"query": [" ", "北京 😀"], "documents": [["", "a"], ["x", "y", "z"]],
                       "top_n": pa.array([None, 3], pa.int64())})
     rows = replica(table).to_pylist()
     assert [len(r["results"]) for r in rows] == [1, 3]

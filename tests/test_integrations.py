@@ -256,6 +256,7 @@ def test_haystack_serialization_round_trip(model_path, closing):
                     "init_parameters": {"model": str(model_path), "top_k": 2,
                                         "instruction": INSTRUCTION, "n_threads": THREADS,
                                         "block_tokens": None, "cpu_path": None,
+                                        "engine": None,
                                         "meta_fields_to_embed": ["title"],
                                         "embedding_separator": "\n"}}
     assert RerankerRanker.from_dict(data).to_dict() == data
@@ -298,6 +299,10 @@ def test_haystack_wrong_input(model_path):
         RerankerRanker(model_path, top_k="3")
     with pytest.raises(ValueError, match="cpu_path 'fast' is not one of"):
         RerankerRanker(model_path, cpu_path="fast")
+    with pytest.raises(ValueError, match="engine 'tensorflow' is not one of auto, llama.cpp, torch"):
+        RerankerRanker(model_path, engine="tensorflow")
+    with pytest.raises(TypeError, match="engine is int; expected str or None"):
+        RerankerRanker(model_path, engine=1)
 
 
 # -- one model per file ------------------------------------------------------------------
@@ -349,6 +354,19 @@ def test_different_options_load_different_models(model_path, closing):
     two = closing(RerankerCompressor(model_path, n_threads=THREADS))
     one = closing(RerankerCompressor(model_path, n_threads=1))
     assert one.reranker is not two.reranker
+
+
+def test_the_engine_option_reaches_the_reranker(model_path, closing):
+    pytest.importorskip("torch")
+    default = closing(RerankerPostprocessor(model_path, n_threads=THREADS))
+    on_torch = closing(RerankerPostprocessor(model_path, n_threads=THREADS, engine="torch"))
+    ranker = closing(RerankerRanker(model_path, n_threads=THREADS, engine="torch"))
+    ranker.warm_up()
+    assert on_torch.reranker is not default.reranker  # another engine is another model
+    assert on_torch.reranker is ranker.reranker  # the same options share one
+    assert on_torch.reranker.engine.name == "torch"
+    assert on_torch.reranker.engine_choice.reason == "asked for (option)"  # not the env var
+    assert RerankerRanker.from_dict(ranker.to_dict()).engine == "torch"
 
 
 def test_a_dropped_wrapper_gives_its_model_back(model_path, count_loads):

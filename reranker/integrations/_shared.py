@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reranker.cpu_path import CPU_PATHS
+from reranker.engine_choice import ENGINES
 from reranker.engine import default_thread_count
 from reranker.reranker import BLOCK_TOKENS, Reranker, RerankResult, resolve_model_file
 
@@ -28,25 +29,30 @@ class LoadOptions:
     n_threads: int | None = None
     block_tokens: int | None = None
     cpu_path: str | None = None
+    engine: str | None = None
 
     def __post_init__(self):
         for name in ("n_threads", "block_tokens"):
             check_count(name, getattr(self, name), minimum=1, allow_none=True)
-        if self.cpu_path is not None:
-            if not isinstance(self.cpu_path, str):
-                raise TypeError(f"cpu_path is {type(self.cpu_path).__name__}; expected str or None")
-            if self.cpu_path not in CPU_PATHS:
-                raise ValueError(f"cpu_path {self.cpu_path!r} is not one of {', '.join(CPU_PATHS)}")
+        for name, allowed in (("cpu_path", CPU_PATHS), ("engine", ENGINES)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise TypeError(f"{name} is {type(value).__name__}; expected str or None")
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
 
     def given(self) -> dict:
         return {name: value for name, value in vars(self).items() if value is not None}
 
     def effective(self) -> LoadOptions:
         """The same load with the defaults spelled out, so that leaving n_threads or
-        block_tokens out and passing their defaults share one model. cpu_path stays as
-        given: None also reads $RERANKER_CPU_PATH, so it need not mean "auto"."""
+        block_tokens out and passing their defaults share one model. cpu_path and engine
+        stay as given: None also reads $RERANKER_CPU_PATH / $RERANKER_ENGINE, so it need
+        not mean "auto"."""
         return LoadOptions(self.n_threads or default_thread_count(),
-                           self.block_tokens or BLOCK_TOKENS, self.cpu_path)
+                           self.block_tokens or BLOCK_TOKENS, self.cpu_path, self.engine)
 
 
 @dataclass
@@ -114,8 +120,8 @@ class SharedModel:
     registry's `Reranker` for a file, taken on first use and given back by `close()`."""
 
     def __init__(self, model, *, n_threads: int | None = None, block_tokens: int | None = None,
-                 cpu_path: str | None = None):
-        self.options = LoadOptions(n_threads, block_tokens, cpu_path)
+                 cpu_path: str | None = None, engine: str | None = None):
+        self.options = LoadOptions(n_threads, block_tokens, cpu_path, engine)
         self._lock = threading.Lock()
         self._lease: tuple[tuple, Reranker] | None = None
         self._release = None
@@ -186,6 +192,16 @@ class SharedModel:
     def __repr__(self) -> str:
         kind = "given" if self._given is not None else "shared"
         return f"SharedModel({self.path!r}, {kind}, {self.options.given()})"
+
+
+def checked_shared_model(model, *, top_n, instruction, **load_options) -> SharedModel:
+    """The model of a wrapper built with `top_n` (0 and None allowed) and `instruction`,
+    after checking both; `load_options` are LoadOptions' fields. Checked here rather than
+    left to the frameworks' pydantic models, which would turn "3" or True into a number
+    instead of saying the call is wrong."""
+    check_count("top_n", top_n, minimum=0, allow_none=True)
+    check_instruction(instruction)
+    return SharedModel(model, **load_options)
 
 
 def check_count(name: str, value, *, minimum: int, allow_none: bool) -> None:

@@ -42,7 +42,7 @@ class RerankerRanker:
     def __init__(self, model: str | os.PathLike | Reranker, top_k: int = 3,
                  instruction: str | None = None, n_threads: int | None = None,
                  block_tokens: int | None = None, cpu_path: str | None = None,
-                 meta_fields_to_embed: list[str] | None = None,
+                 engine: str | None = None, meta_fields_to_embed: list[str] | None = None,
                  embedding_separator: str = "\n"):
         # Nothing is loaded here: Haystack builds components to validate and serialize
         # pipelines, and loads models in warm_up().
@@ -55,11 +55,12 @@ class RerankerRanker:
             raise TypeError(f"embedding_separator is {type(embedding_separator).__name__}; "
                             "expected str")
         self._shared = SharedModel(model, n_threads=n_threads, block_tokens=block_tokens,
-                                   cpu_path=cpu_path)
+                                   cpu_path=cpu_path, engine=engine)
         self.model = self._shared.path
         self.top_k = top_k
         self.instruction = instruction
-        self.n_threads, self.block_tokens, self.cpu_path = n_threads, block_tokens, cpu_path
+        self.n_threads, self.block_tokens = n_threads, block_tokens
+        self.cpu_path, self.engine = cpu_path, engine
         self.meta_fields_to_embed = meta_fields_to_embed
         self.embedding_separator = embedding_separator
 
@@ -84,7 +85,7 @@ class RerankerRanker:
         return default_to_dict(self, model=self.model, top_k=self.top_k,
                                instruction=self.instruction, n_threads=self.n_threads,
                                block_tokens=self.block_tokens, cpu_path=self.cpu_path,
-                               meta_fields_to_embed=self.meta_fields_to_embed,
+                               engine=self.engine, meta_fields_to_embed=self.meta_fields_to_embed,
                                embedding_separator=self.embedding_separator)
 
     @classmethod

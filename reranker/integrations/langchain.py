@@ -19,8 +19,7 @@ except ImportError as exc:  # the extra is not installed
     raise ImportError("reranker.integrations.langchain needs langchain-core: "
                       "pip install 'reranker[langchain]'") from exc
 
-from reranker.integrations._shared import (SharedModel, check_count, check_instruction,
-                                           check_list)
+from reranker.integrations._shared import SharedModel, check_list, checked_shared_model
 from reranker.reranker import Reranker
 
 
@@ -42,20 +41,18 @@ class RerankerCompressor(BaseDocumentCompressor):
     n_threads: int | None = None
     block_tokens: int | None = None
     cpu_path: str | None = None
+    engine: str | None = None
 
     _shared: SharedModel = PrivateAttr()
 
     def __init__(self, model: str | os.PathLike | Reranker, *, top_n: int | None = 3,
                  instruction: str | None = None, n_threads: int | None = None,
-                 block_tokens: int | None = None, cpu_path: str | None = None, **kwargs):
-        # Checked here rather than left to pydantic, which would turn "3" or True into a
-        # number instead of saying the call is wrong.
-        check_count("top_n", top_n, minimum=0, allow_none=True)
-        check_instruction(instruction)
-        shared = SharedModel(model, n_threads=n_threads, block_tokens=block_tokens,
-                             cpu_path=cpu_path)
-        super().__init__(model=shared.path, top_n=top_n, instruction=instruction,
-                         n_threads=n_threads, block_tokens=block_tokens, cpu_path=cpu_path,
+                 block_tokens: int | None = None, cpu_path: str | None = None,
+                 engine: str | None = None, **kwargs):
+        load = dict(n_threads=n_threads, block_tokens=block_tokens, cpu_path=cpu_path,
+                    engine=engine)
+        shared = checked_shared_model(model, top_n=top_n, instruction=instruction, **load)
+        super().__init__(model=shared.path, top_n=top_n, instruction=instruction, **load,
                          **kwargs)
         self._shared = shared
         # Loaded now, as LangChain's own rerankers load theirs: a wrong path fails where

@@ -20,8 +20,7 @@ except ImportError as exc:  # the extra is not installed
     raise ImportError("reranker.integrations.llama_index needs llama-index-core: "
                       "pip install 'reranker[llama-index]'") from exc
 
-from reranker.integrations._shared import (SharedModel, check_count, check_instruction,
-                                           check_list)
+from reranker.integrations._shared import SharedModel, check_list, checked_shared_model
 from reranker.reranker import Reranker
 
 dispatcher = get_dispatcher(__name__)
@@ -46,6 +45,7 @@ class RerankerPostprocessor(BaseNodePostprocessor):
     n_threads: Optional[int] = Field(default=None)
     block_tokens: Optional[int] = Field(default=None)
     cpu_path: Optional[str] = Field(default=None)
+    engine: Optional[str] = Field(default=None)
     metadata_mode: MetadataMode = Field(default=MetadataMode.EMBED,
                                         description="Which node content is scored.")
 
@@ -54,15 +54,12 @@ class RerankerPostprocessor(BaseNodePostprocessor):
     def __init__(self, model: str | os.PathLike | Reranker, *, top_n: Optional[int] = 3,
                  instruction: Optional[str] = None, n_threads: Optional[int] = None,
                  block_tokens: Optional[int] = None, cpu_path: Optional[str] = None,
+                 engine: Optional[str] = None,
                  metadata_mode: MetadataMode | str = MetadataMode.EMBED, **kwargs):
-        # Checked here rather than left to pydantic, which would turn "3" or True into a
-        # number instead of saying the call is wrong.
-        check_count("top_n", top_n, minimum=0, allow_none=True)
-        check_instruction(instruction)
-        shared = SharedModel(model, n_threads=n_threads, block_tokens=block_tokens,
-                             cpu_path=cpu_path)
-        super().__init__(model=shared.path, top_n=top_n, instruction=instruction,
-                         n_threads=n_threads, block_tokens=block_tokens, cpu_path=cpu_path,
+        load = dict(n_threads=n_threads, block_tokens=block_tokens, cpu_path=cpu_path,
+                    engine=engine)
+        shared = checked_shared_model(model, top_n=top_n, instruction=instruction, **load)
+        super().__init__(model=shared.path, top_n=top_n, instruction=instruction, **load,
                          metadata_mode=MetadataMode(metadata_mode), **kwargs)
         self._shared = shared
         # Loaded now, as LlamaIndex's own rerankers load theirs: a wrong path fails where

@@ -197,6 +197,11 @@ class Reranker:
             self._check_open()
             return len(self._planner.encode(text))
 
+    @property
+    def closed(self) -> bool:
+        """True once `close()` has been called: every call then raises RerankerClosedError."""
+        return self._closed
+
     def close(self) -> None:
         """Free llama.cpp's model and context, once a call running in another thread ends.
 

@@ -187,7 +187,9 @@ CLOSED = "Reranker .* was closed; create a new Reranker"
 def test_every_call_after_close_raises_a_closed_error(converted):
     ranker = Reranker(converted("q8_0"), n_threads=2)
     engine = ranker.engine
+    assert not ranker.closed
     ranker.close()
+    assert ranker.closed
     calls = [lambda: ranker.rerank("q", ["a"]), lambda: ranker.rerank("q", []),
              lambda: ranker.score("q", ["a"]), lambda: ranker.score("q", []),
              lambda: ranker.count_tokens("a")]

@@ -75,9 +75,9 @@ class _Registry:
         # serialize anyway.
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or entry.reranker._closed:
-                # Someone closed the shared Reranker by hand (`_closed`: Reranker has no
-                # public flag for it): load it again for the new lease. The earlier leases still count, so that their releases cannot
+            if entry is None or entry.reranker.closed:
+                # Someone closed the shared Reranker by hand: load it again for the new
+                # lease. The earlier leases still count, so that their releases cannot
                 # close the new one under this lease.
                 users = entry.users if entry is not None else 0
                 entry = _Entry(self._load(key[0], options), users)

@@ -18,6 +18,7 @@ Decided once (Cohere's and Jina's APIs are the reference; README, "The rerank AP
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -250,6 +251,12 @@ def check_against_model(ranker: Reranker, request: RerankRequest) -> None:
                            field="max_tokens_per_doc")
 
 
+def model_id(model_path: Path) -> str:
+    """The model name an answer carries unless a server is told another (`serve
+    --model-name`): the file's name without `.gguf`, as `/v1/models` lists it."""
+    return Path(model_path).stem
+
+
 def rerank_response(request: RerankRequest, scored: Scores, model_name: str) -> RerankResponse:
     """The answer to `request` from its documents' scores (in input order)."""
     documents = request.document_texts()
@@ -291,4 +298,4 @@ def answer_request(ranker: Reranker, request: RerankRequest | Mapping, *,
     check_against_model(ranker, request)
     scored = ranker.score(request.query, request.document_texts(),
                           instruction=request.instruction, should_stop=should_stop)
-    return rerank_response(request, scored, model_name or ranker.model_path.name)
+    return rerank_response(request, scored, model_name or model_id(ranker.model_path))

@@ -278,7 +278,7 @@ def test_the_only_model_in_the_folder_is_the_default(runner, converted, tmp_path
     models.mkdir()
     os.link(converted("q8_0"), models / "mine-f16.gguf")
     (models / "DEFAULT_MODEL").write_text("deleted-since.gguf\n")  # names a file no longer there
-    assert _model_used(runner) == "mine-f16.gguf"
+    assert _model_used(runner) == "mine-f16"
     done = runner.invoke(cli, ["inspect", "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["file"] == str(models / "mine-f16.gguf")
@@ -294,10 +294,10 @@ def test_several_models_without_a_record_are_listed(runner, converted, tmp_path)
     assert "holds 2 models (a.gguf, published/b.gguf); pass --model" in done.output
     # The name the README documents still wins among several...
     os.link(converted("q8_0"), models / "jina-reranker-v3-q8_0.gguf")
-    assert _model_used(runner) == "jina-reranker-v3-q8_0.gguf"
+    assert _model_used(runner) == "jina-reranker-v3-q8_0"
     # ...and the record (which pull writes) over that.
     (models / "DEFAULT_MODEL").write_text("published/b.gguf\n")
-    assert _model_used(runner) == "b.gguf"
+    assert _model_used(runner) == "b"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import click
 
 from reranker import Reranker
 from reranker.api_contract import (TOP_N_MINIMUM, RequestError, RerankRequest,
-                                   RerankResultItem, answer_request, parse_request)
+                                   RerankResultItem, answer_request, model_id, parse_request)
 from reranker.errors import RerankerError
 from reranker.cli.documents_input import (InputError, batch_requests, check_text, input_name,
                                           read_documents)
@@ -113,13 +113,13 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
                                      block_tokens=block_tokens, cpu_path=cpu_path,
                                      engine=engine) as ranker:
         if batch_file is None:
-            response = answer_request(ranker, request, model_name=model_path.name)
+            response = answer_request(ranker, request, model_name=model_id(model_path))
             if as_json:
                 click.echo(json.dumps(response.to_json(), ensure_ascii=False))
             else:
                 click.echo(_table(response.results))
             return
-        failed = _run_batch(ranker, lines, model_path.name, no_documents)
+        failed = _run_batch(ranker, lines, model_id(model_path), no_documents)
     if failed:
         raise batch_failed(failed, len(lines), input_name(batch_file))
 

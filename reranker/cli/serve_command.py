@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from reranker.api_contract import model_id
 from reranker.model_check import open_reranker_file
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
@@ -112,7 +113,7 @@ def serve(model, projector, host, port, model_name, workers, threads, block_toke
         # reranker stops here with one line, before any worker loads its weights.
         open_reranker_file(model_path, projector)
         settings = ServerSettings(
-            model_path=model_path, model_name=model_name or model_path.stem,
+            model_path=model_path, model_name=model_name or model_id(model_path),
             projector_path=projector, workers=workers, threads=threads,
             block_tokens=block_tokens, cpu_path=cpu_path, engine=engine, queue_size=queue_size,
             queue_timeout=queue_timeout, max_documents=max_documents,

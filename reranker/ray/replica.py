@@ -12,10 +12,10 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 
+from reranker.api_contract import model_id
 from reranker.cli.documents_input import InputError, parse_request_line
 from reranker.cli.rerank_command import answer_batch_request
 from reranker.reranker import Reranker
@@ -47,7 +47,7 @@ class RerankReplica:
         self._ranker = Reranker(settings.model, settings.projector, n_threads=settings.threads,
                                 block_tokens=settings.block_tokens, cpu_path=settings.cpu_path,
                                 engine=settings.engine)
-        self._model_name = Path(settings.model).name
+        self._model_name = model_id(settings.model)
         self._name = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: pa.Table) -> pa.Table:

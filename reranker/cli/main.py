@@ -1,4 +1,5 @@
-"""reranker-cli: convert, quantize, inspect, pull and rerank with jina-reranker-v3 on CPU."""
+"""reranker-cli: the command group (convert, quantize, rerank, pull, inspect, serve, eval,
+compare, doctor) and process-level signal handling."""
 from __future__ import annotations
 
 import logging

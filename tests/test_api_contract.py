@@ -272,6 +272,7 @@ def keyed_server(model, tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow  # a real server process
 def test_cohere_sdk_v1_client(keyed_server, model, ranker):
     import cohere
 
@@ -289,6 +290,7 @@ def test_cohere_sdk_v1_client(keyed_server, model, ranker):
     assert refused.value.body["error"]["field"] == "documents"
 
 
+@pytest.mark.slow  # a real server process
 def test_cohere_sdk_v2_client(keyed_server, model, ranker):
     import cohere
 
@@ -310,6 +312,7 @@ def test_cohere_sdk_v2_client(keyed_server, model, ranker):
     assert unauthorized.value.status_code == 401
 
 
+@pytest.mark.slow  # a real server process
 def test_tei_body_against_the_real_server(keyed_server, ranker):
     """No package installed here ships a TEI client class (Haystack 3.4 has no
     HuggingFaceTEIRanker; LangChain's and LlamaIndex's TEI rerankers live in packages

@@ -385,6 +385,7 @@ def test_an_engine_the_environment_names_wrongly_is_one_line(converted, cache, m
     assert "engine 'onnx' (from RERANKER_ENGINE)" in done.output
 
 
+@pytest.mark.slow  # doctor's child processes and a timed request per engine
 def test_doctor_times_both_engines_and_records_the_faster(converted, cache, tmp_path):
     model = tmp_path / "tiny.gguf"
     model.write_bytes(converted("q8_0").read_bytes())

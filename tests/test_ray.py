@@ -228,6 +228,10 @@ def test_ray_needs_a_batch_and_parquet_needs_an_output(runner, converted, tmp_pa
     pq.write_table(pa.table({"query": ["q"], "documents": [["a"]]}), source)
     done = runner.invoke(cli, ["rerank", "-m", model, "--batch", str(source), "--ray"])
     assert done.exit_code == 2 and "pass --output OUT.parquet" in done.output
+    # Without --ray the file would be read as JSON Lines: refused, naming --ray.
+    done = runner.invoke(cli, ["rerank", "-m", model, "--batch", str(source)])
+    assert done.exit_code == 2 and "a Parquet --batch file is read by --ray" in done.output
+    assert done.stdout == ""
 
 
 def test_unusable_parquet_input_is_refused_before_ray_starts(runner, converted, tmp_path):

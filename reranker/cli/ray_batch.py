@@ -67,6 +67,11 @@ def ray_job(batch_file: IO[bytes] | None, use_ray: bool, address: str | None,
         if address or replicas or threads_per_replica or output:
             raise click.UsageError("--ray-address, --replicas, --threads-per-replica and "
                                    "--output go with --batch --ray")
+        if batch_file is not None and is_parquet(input_name(batch_file)):
+            # Read as JSON Lines it would be answered line by line with encoding errors.
+            raise click.UsageError("a Parquet --batch file is read by --ray (add --ray "
+                                   "--output OUT.parquet; `pip install 'reranker[ray]'`); "
+                                   "without it, --batch reads JSON Lines")
         return None
     if batch_file is None:
         raise click.UsageError("--ray runs a --batch file")

@@ -122,4 +122,5 @@ def test_the_model_pulled_last_is_the_default(tmp_path, cache_with_checkpoint):
         ranked = run_cli(["rerank", "-q", "capital", "-d", "Paris", "--json"], tmp_path,
                          cache_with_checkpoint)
         assert ranked.returncode == 0, ranked.stderr
-        assert json.loads(ranked.stdout)["model"] == f"jina-reranker-v3-{type_name}.gguf"
+        # The model is named by the file's stem, as the server names it.
+        assert json.loads(ranked.stdout)["model"] == f"jina-reranker-v3-{type_name}"

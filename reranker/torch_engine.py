@@ -185,17 +185,16 @@ class TorchEngine:
         q_positions = slice(None) if rows is None else rows
         q = _rotate(_rms_norm(q, w.q_norm, s.eps), cos[q_positions], sin[q_positions])
         k = _rotate(_rms_norm(k, w.k_norm, s.eps), cos, sin)
-        group = s.heads // s.kv_heads
-        # [heads, tokens, head_dim]; keys and values repeated per query head (GQA)
-        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
-        k = k.repeat_interleave(group, dim=0)
-        v = v.repeat_interleave(group, dim=0)
+        # [1, heads, tokens, head_dim]: PyTorch's CPU flash-attention kernel takes only
+        # 4-D inputs; 3-D ones fall back to the math kernel, 3.4x slower at 800 tokens.
+        # enable_gqa reads each key/value head for its group of query heads, no copies.
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
         if rows is None:
-            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:  # a few query rows at arbitrary positions: causal by an explicit mask
             mask = rows[:, None] >= torch.arange(n)[None, :]
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        attended = attended.transpose(0, 1).reshape(-1, s.heads * s.head_dim)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        attended = attended[0].transpose(0, 1).reshape(-1, s.heads * s.head_dim)
         x = (x if rows is None else x[rows]) + F.linear(attended, w.out)
         h = _rms_norm(x, w.ffn_norm, s.eps)
         return x + F.linear(F.silu(F.linear(h, w.gate)) * F.linear(h, w.up), w.down)

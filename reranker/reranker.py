@@ -121,10 +121,8 @@ class Reranker:
         if self.engine_choice.name == "torch":
             from reranker.torch_engine import TorchEngine
 
-            # As for llama.cpp's KV cache: an all-f32 file is chosen for exactness.
-            dtype = "float32" if file_type == LlamaFileType.ALL_F32 else "bfloat16"
             self._engine = TorchEngine(self.model_path, n_threads=n_threads,
-                                       max_context=max_context, dtype=dtype)
+                                       max_context=max_context)
         else:
             self._engine = LlamaEngine(self.model_path, n_threads=n_threads,
                                        max_context=max_context, n_batch=n_batch,

@@ -8,6 +8,7 @@ a test can rely on), and verdicts are written by hand to test the pure choice.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -19,14 +20,16 @@ import torch
 from click.testing import CliRunner
 
 from reranker import Reranker
+from reranker import torch_engine
 from reranker.cli.main import cli
+from reranker.cpu_support import CpuInfo, read_cpu_info
 from reranker.engine_choice import (ENGINES, EngineError, EngineVerdict, choose_engine,
                                     load_engine_verdict, model_fingerprint, resolve_engine,
                                     save_engine_verdict)
 from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
                              RerankerClosedError, RerankerError)
 from reranker.gguf_metadata import GGUFMetadata, read_metadata
-from reranker.torch_engine import BackboneShape, TorchEngine
+from reranker.torch_engine import BackboneShape, TorchEngine, choose_dtype
 from reranker.torch_weights import GGUFWeights, UnsupportedTensorTypeError
 from test_parity import QUERY, SIXTEEN, assert_same_ranking
 from texts import MULTILINGUAL
@@ -49,15 +52,26 @@ def f32_engine(converted):
     engine.close()
 
 
+def cpu_flags(*flags: str) -> CpuInfo:
+    """This CPU with other flags: the stand-in for a CPU with (or without) bf16 units,
+    which decides only the torch engine's dtype, so both dtypes are tested anywhere."""
+    return dataclasses.replace(read_cpu_info(), flags=frozenset(flags))
+
+
 @pytest.fixture(scope="module")
 def torch_ranker_for(converted):
-    """torch_ranker_for(type) -> a Reranker with engine="torch" (one per type)."""
-    opened: dict[str, Reranker] = {}
+    """torch_ranker_for(type, native_bf16=True) -> a Reranker with engine="torch", on a
+    CPU with bf16 units (bf16 weights) or without (float32 weights); one per pair."""
+    opened: dict[tuple[str, bool], Reranker] = {}
 
-    def get(type_name: str) -> Reranker:
-        if type_name not in opened:
-            opened[type_name] = Reranker(converted(type_name), n_threads=2, engine="torch")
-        return opened[type_name]
+    def get(type_name: str, native_bf16: bool = True) -> Reranker:
+        if (type_name, native_bf16) not in opened:
+            flags = ("avx2", "avx512_bf16") if native_bf16 else ("avx2", "fma")
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(torch_engine, "read_cpu_info", lambda: cpu_flags(*flags))
+                opened[type_name, native_bf16] = Reranker(converted(type_name), n_threads=2,
+                                                          engine="torch")
+        return opened[type_name, native_bf16]
     yield get
     for ranker in opened.values():
         ranker.close()
@@ -102,7 +116,7 @@ def test_tokens_after_the_last_position_are_not_computed(f32_engine, reference):
 
 
 def test_float32_scores_match_transformers(torch_ranker_for, reference):
-    ranker = torch_ranker_for("f32")
+    ranker = torch_ranker_for("f32")  # float32 even where bf16 is native: the file is exact
     assert ranker.engine.name == "torch" and ranker.engine.dtype == torch.float32
     docs = SIXTEEN + MULTILINGUAL
     np.testing.assert_allclose(ranker.score(QUERY, docs, instruction=INSTRUCTION).scores,
@@ -125,6 +139,33 @@ def test_bf16_engine_keeps_the_ranking(torch_ranker_for, ranker_for, reference, 
     assert_same_ranking(ours, expected, margin=1e-2)
     llama = ranker_for(type_name).score(QUERY, docs).scores
     assert_same_ranking(ours, llama, margin=1e-2)
+
+
+def test_without_bf16_units_a_quantized_file_runs_in_float32(torch_ranker_for, ranker_for,
+                                                             reference):
+    """On a CPU without bf16 products (AVX2) the q8_0 file's weights are float32: the
+    q8_0 values exactly, so the scores sit within q8_0's own error of transformers'."""
+    ranker = torch_ranker_for("q8_0", native_bf16=False)
+    assert ranker.engine.dtype == torch.float32 and "no native bf16" in ranker.engine.dtype_reason
+    docs = SIXTEEN + MULTILINGUAL
+    ours = ranker.score(QUERY, docs).scores
+    bf16 = torch_ranker_for("q8_0").score(QUERY, docs).scores
+    expected = reference.scores(QUERY, docs)
+    assert np.abs(ours - expected).max() < 1e-2
+    assert_same_ranking(ours, expected, margin=1e-2)
+    # float32 activations are closer to llama.cpp's q8_0 than bf16 ones are
+    llama = ranker_for("q8_0").score(QUERY, docs).scores
+    assert np.abs(ours - llama).max() <= np.abs(bf16 - llama).max()
+
+
+def test_weights_dtype_follows_the_file_and_the_cpu():
+    assert choose_dtype(True, frozenset({"amx_bf16", "avx512_bf16"}))[0] == "float32"
+    assert choose_dtype(False, frozenset({"amx_tile", "amx_bf16"})) == (
+        "bfloat16", "this CPU multiplies bf16 natively (amx_bf16)")
+    assert choose_dtype(False, frozenset({"avx512f", "avx512_bf16"}))[0] == "bfloat16"
+    for flags in [frozenset(), frozenset({"avx2", "fma"}), frozenset({"avx512f", "avx512_vnni"})]:
+        dtype, why = choose_dtype(False, flags)
+        assert dtype == "float32" and "no native bf16" in why, flags
 
 
 def test_k_quants_dequantize_to_the_weights_they_were_made_from(converted, torch_ranker_for,
@@ -272,7 +313,7 @@ def test_missing_or_damaged_shape_metadata_is_a_model_file_error(converted):
 
 def test_bf16_weights_load_without_a_float32_copy(converted):
     """The bf16 file's matrices are loaded as bf16 (the file's bytes, not widened)."""
-    engine = TorchEngine(converted("bf16"), n_threads=1)
+    engine = TorchEngine(converted("bf16"), n_threads=1, dtype="bfloat16")
     try:
         layer = engine._layers[0]
         assert layer.q.dtype == torch.bfloat16 and layer.down.dtype == torch.bfloat16

@@ -2,9 +2,10 @@
 
 - ``llama.cpp``: `reranker.engine.LlamaEngine`, the default.
 - ``torch``: `reranker.torch_engine.TorchEngine` on the same GGUF (`pip install
-  'reranker[torch]'`); bf16 weights, float32 for an all-f32 file.
+  'reranker[torch]'`); bf16 weights on CPUs with bf16 units, float32 elsewhere
+  (`reranker.torch_engine.choose_dtype`).
 - ``auto`` (default): the engine `reranker-cli doctor --model FILE` timed as faster on
-  this machine for this model file. Its verdict is kept with doctor's CPU-path verdicts
+  this machine for this model file (torch by at least 10%, `faster_engine`). Its verdict is kept with doctor's CPU-path verdicts
   (`reranker.cpu_path`), under this machine's key and the file's path, with the file's
   fingerprint: a file changed since (re-converted, replaced) has no verdict. Without
   one, auto is llama.cpp, so it is never slower than before a measurement.
@@ -28,6 +29,7 @@ ENGINES = ("auto", "llama.cpp", "torch")
 ENV_VAR = "RERANKER_ENGINE"
 TORCH_EXTRA_HINT = "install it with: pip install 'reranker[torch]'"
 _HEADER_BYTES = 1 << 20  # the part of the file hashed into its fingerprint
+TORCH_MARGIN = 1.1  # torch is taken only when at least 10% faster (`faster_engine`)
 
 
 class EngineError(RerankerError, ValueError):
@@ -135,9 +137,23 @@ def load_engine_verdict(model_path: Path) -> EngineVerdict | None:
         return None  # never measured, or a record this version cannot read
 
 
+def faster_engine(seconds: dict[str, float]) -> str:
+    """The engine `auto` should take given one timed request per engine.
+
+    torch must beat llama.cpp by TORCH_MARGIN: one request is a noisy measurement, and the
+    torch engine holds its matrices in bf16 or float32 (2-3x llama.cpp's memory for a
+    quantized file), which a tie does not pay for.
+    """
+    fastest = min(seconds, key=seconds.__getitem__)
+    if fastest == "torch" and "llama.cpp" in seconds \
+            and seconds["llama.cpp"] < seconds["torch"] * TORCH_MARGIN:
+        return "llama.cpp"
+    return fastest
+
+
 def save_engine_verdict(model_path: Path, seconds: dict[str, float]) -> EngineVerdict:
-    """Record the faster of the engines timed in `seconds` for this machine and file."""
-    verdict = EngineVerdict(min(seconds, key=seconds.__getitem__), model_fingerprint(model_path),
+    """Record `faster_engine` of the engines timed in `seconds` for this machine and file."""
+    verdict = EngineVerdict(faster_engine(seconds), model_fingerprint(model_path),
                             dict(seconds), time.strftime("%Y-%m-%d %H:%M:%S"))
     save_entry(_verdict_key(model_path), {"engine": verdict.engine,
                                           "fingerprint": verdict.fingerprint,

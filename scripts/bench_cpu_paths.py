@@ -51,7 +51,13 @@ def child(model: str, setting: str, docs: int, words: int, repeats: int, threads
 
 def run_cell(model: Path, setting: str, args) -> dict:
     """`child` in a fresh process; `setting` as for `child`."""
-    command = [sys.executable, __file__, "--child", str(model), setting, "--docs", str(args.docs),
+    return run_child(__file__, str(model), setting, args)
+
+
+def run_child(script: str, target: str, cell: str, args) -> dict:
+    """`script --child TARGET CELL` with the workload of `args`, in a fresh process: its
+    last line of output as JSON, or {"error": why} if it failed or crashed."""
+    command = [sys.executable, script, "--child", target, cell, "--docs", str(args.docs),
                "--words", str(args.words), "--repeats", str(args.repeats),
                "--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -59,7 +65,7 @@ def run_cell(model: Path, setting: str, args) -> dict:
         reason = (f"crashed (signal {-done.returncode})" if done.returncode < 0
                   else (done.stderr.strip().splitlines() or ["failed"])[-1])
         return {"error": reason}
-    return json.loads(done.stdout)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:

@@ -24,8 +24,8 @@ from reranker import torch_engine
 from reranker.cli.main import cli
 from reranker.cpu_support import CpuInfo, read_cpu_info
 from reranker.engine_choice import (ENGINES, EngineError, EngineVerdict, choose_engine,
-                                    load_engine_verdict, model_fingerprint, resolve_engine,
-                                    save_engine_verdict)
+                                    faster_engine, load_engine_verdict, model_fingerprint,
+                                    resolve_engine, save_engine_verdict)
 from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
                              RerankerClosedError, RerankerError)
 from reranker.gguf_metadata import GGUFMetadata, read_metadata
@@ -392,6 +392,13 @@ def test_a_recorded_verdict_decides_auto_until_the_file_changes(converted, cache
     assert resolve_engine(None, model).name == "llama.cpp"
 
 
+def test_torch_is_recorded_only_when_clearly_faster():
+    assert faster_engine({"llama.cpp": 10.0, "torch": 8.0}) == "torch"
+    assert faster_engine({"llama.cpp": 10.0, "torch": 9.5}) == "llama.cpp"  # within the margin
+    assert faster_engine({"llama.cpp": 10.0, "torch": 12.0}) == "llama.cpp"
+    assert faster_engine({"llama.cpp": 10.0}) == "llama.cpp"  # torch failed or absent
+
+
 def test_an_unreadable_verdict_file_counts_as_no_measurement(converted, cache):
     cache.mkdir()
     (cache / "cpu-paths.json").write_text("{not json")
@@ -437,7 +444,7 @@ def test_doctor_times_both_engines_and_records_the_faster(converted, cache, tmp_
     engines = report["engines"]
     assert set(engines) == {"llama.cpp", "torch"}
     assert engines["torch"]["tokens"] == engines["llama.cpp"]["tokens"] > 500
-    faster = min(engines, key=lambda name: engines[name]["request_seconds"])
+    faster = faster_engine({name: timing["request_seconds"] for name, timing in engines.items()})
     recorded = load_engine_verdict(model)
     assert recorded.engine == faster and recorded.fingerprint == model_fingerprint(model)
     assert resolve_engine(None, model).name == faster

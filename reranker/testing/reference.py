@@ -43,22 +43,25 @@ def published_prompt(query, docs, instruction=None):
 
 
 class ReferenceReranker:
-    def __init__(self, checkpoint: Path):
+    def __init__(self, checkpoint: Path, backbone: Qwen3Model | None = None):
+        """The float32 reference. `backbone`: a Qwen3Model already loaded from this
+        checkpoint another way (the benchmarks' bf16 baselines use from_pretrained);
+        then only the projector is read here."""
         checkpoint = Path(checkpoint)
-        config = json.loads((checkpoint / "config.json").read_text())
-        config.pop("architectures", None)
-        self.model = Qwen3Model(Qwen3Config(**config)).float().eval()
         state, projector = {}, {}
-        files = sorted(checkpoint.glob("*.safetensors"))
-        for path in files:
+        for path in sorted(checkpoint.glob("*.safetensors")):
             with safe_open(path, framework="pt") as f:
                 for name in f.keys():
-                    tensor = f.get_tensor(name).float()
-                    if name.startswith("model."):
-                        state[name.removeprefix("model.")] = tensor
-                    else:
-                        projector[name] = tensor
-        self.model.load_state_dict(state, strict=True)
+                    if not name.startswith("model."):
+                        projector[name] = f.get_tensor(name).float()
+                    elif backbone is None:
+                        state[name.removeprefix("model.")] = f.get_tensor(name).float()
+        if backbone is None:
+            config = json.loads((checkpoint / "config.json").read_text())
+            config.pop("architectures", None)
+            backbone = Qwen3Model(Qwen3Config(**config)).float().eval()
+            backbone.load_state_dict(state, strict=True)
+        self.model = backbone
         self.projector = torch.nn.Sequential(
             torch.nn.Linear(1, 1, bias=False), torch.nn.ReLU(), torch.nn.Linear(1, 1, bias=False))
         self.projector[0].weight = torch.nn.Parameter(projector["projector.0.weight"])
@@ -73,7 +76,7 @@ class ReferenceReranker:
     @torch.no_grad()
     def block(self, query, docs, instruction=None):
         ids = torch.tensor([self.prompt_ids(query, docs, instruction)])
-        hidden = self.model(input_ids=ids).last_hidden_state[0]
+        hidden = self.model(input_ids=ids).last_hidden_state[0].float()
         doc_embeds = self.projector(hidden[ids[0] == self.doc_id]).numpy()
         query_embed = self.projector(hidden[ids[0] == self.query_id]).numpy()[0]
         return doc_embeds, query_embed

@@ -137,19 +137,21 @@ class TorchEngine:
         self._vocabulary = LlamaEngine(self.model_path, vocab_only=True)
         self.cpu_path = CpuPath("none", "torch engine: llama.cpp only tokenizes")
         meta = read_metadata(self.model_path)
+        file_type = meta.get(Keys.FILE_TYPE)
         if dtype is None:
-            all_f32 = meta.get(Keys.FILE_TYPE) == LlamaFileType.ALL_F32
-            dtype, self.dtype_reason = choose_dtype(all_f32, read_cpu_info().flags)
+            dtype, self.dtype_reason = choose_dtype(file_type == LlamaFileType.ALL_F32,
+                                                    read_cpu_info().flags)
         else:
             self.dtype_reason = "asked for"
         self.dtype_name, self.dtype = dtype, DTYPES[dtype]
+        self.storage_dtype = _storage_dtype(self.dtype, file_type)
         self.shape = BackboneShape.from_metadata(meta, self._vocabulary.n_vocab)
         self.hidden_size = self.shape.hidden
         self.n_vocab = self._vocabulary.n_vocab
         self.max_context = min(max_context or self.shape.context_length,
                                self.shape.context_length)
         self._embedding, self._layers, self._final_norm = _load(GGUFWeights(meta), self.shape,
-                                                                 self.dtype)
+                                                                 self.storage_dtype)
         half = torch.arange(0, self.shape.head_dim, 2, dtype=torch.float64) / self.shape.head_dim
         self._inv_freq = (1.0 / self.shape.rope_base ** half).float()
         logger.info("torch engine: %s weights (%s), %d threads", dtype, self.dtype_reason,
@@ -205,11 +207,16 @@ class TorchEngine:
         """One decoder layer; with `rows`, only those rows' outputs (the last layer)."""
         s = self.shape
         n = x.shape[0]
+
+        def linear(inputs: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+            # Widened from the storage dtype here, one matrix at a time (a no-op when equal).
+            return F.linear(inputs, matrix.to(self.dtype))
+
         h = _rms_norm(x, w.attn_norm, s.eps)
         queries_in = h if rows is None else h[rows]
-        q = F.linear(queries_in, w.q).view(-1, s.heads, s.head_dim)
-        k = F.linear(h, w.k).view(n, s.kv_heads, s.head_dim)
-        v = F.linear(h, w.v).view(n, s.kv_heads, s.head_dim)
+        q = linear(queries_in, w.q).view(-1, s.heads, s.head_dim)
+        k = linear(h, w.k).view(n, s.kv_heads, s.head_dim)
+        v = linear(h, w.v).view(n, s.kv_heads, s.head_dim)
         q_positions = slice(None) if rows is None else rows
         q = _rotate(_rms_norm(q, w.q_norm, s.eps), cos[q_positions], sin[q_positions])
         k = _rotate(_rms_norm(k, w.k_norm, s.eps), cos, sin)
@@ -223,9 +230,9 @@ class TorchEngine:
             mask = rows[:, None] >= torch.arange(n)[None, :]
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         attended = attended[0].transpose(0, 1).reshape(-1, s.heads * s.head_dim)
-        x = (x if rows is None else x[rows]) + F.linear(attended, w.out)
+        x = (x if rows is None else x[rows]) + linear(attended, w.out)
         h = _rms_norm(x, w.ffn_norm, s.eps)
-        return x + F.linear(F.silu(F.linear(h, w.gate)) * F.linear(h, w.up), w.down)
+        return x + linear(F.silu(linear(h, w.gate)) * linear(h, w.up), w.down)
 
     def _rope(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         angles = torch.outer(torch.arange(n, dtype=torch.float32), self._inv_freq)
@@ -249,6 +256,19 @@ class TorchEngine:
             self._layers = None
             self._embedding = self._final_norm = None
             self._vocabulary.close()
+
+
+def _storage_dtype(compute: torch.dtype, file_type: int | None) -> torch.dtype:
+    """The dtype the matrices are kept in between calls.
+
+    The compute dtype, except float32 compute of a file that is not all-f32: its matrices
+    are kept in bf16 (a bf16 file, exactly) or float16 (the rest: a q8_0 value rounds by
+    at most 2^-11 of itself, far under q8_0's own step) and widened a matrix at a time,
+    which halves the engine's memory for about 35 ms a layer per call (2 threads, AVX2).
+    """
+    if compute != torch.float32 or file_type == LlamaFileType.ALL_F32:
+        return compute
+    return torch.bfloat16 if file_type == LlamaFileType.MOSTLY_BF16 else torch.float16
 
 
 def _load(weights: GGUFWeights, s: BackboneShape,

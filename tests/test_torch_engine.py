@@ -147,6 +147,8 @@ def test_without_bf16_units_a_quantized_file_runs_in_float32(torch_ranker_for, r
     q8_0 values exactly, so the scores sit within q8_0's own error of transformers'."""
     ranker = torch_ranker_for("q8_0", native_bf16=False)
     assert ranker.engine.dtype == torch.float32 and "no native bf16" in ranker.engine.dtype_reason
+    # kept in float16 between calls (half of float32's memory), widened per matrix
+    assert ranker.engine._layers[0].down.dtype == torch.float16
     docs = SIXTEEN + MULTILINGUAL
     ours = ranker.score(QUERY, docs).scores
     bf16 = torch_ranker_for("q8_0").score(QUERY, docs).scores
@@ -156,6 +158,24 @@ def test_without_bf16_units_a_quantized_file_runs_in_float32(torch_ranker_for, r
     # float32 activations are closer to llama.cpp's q8_0 than bf16 ones are
     llama = ranker_for("q8_0").score(QUERY, docs).scores
     assert np.abs(ours - llama).max() <= np.abs(bf16 - llama).max()
+
+
+@pytest.mark.parametrize("type_name, kept", [("f32", torch.float32), ("bf16", torch.bfloat16),
+                                             ("f16", torch.float16), ("q4_k_m", torch.float16)])
+def test_float32_compute_keeps_matrices_in_the_files_precision(converted, type_name, kept):
+    """float32 compute keeps an f32 file in float32, a bf16 file's matrices bit for bit in
+    bf16, the rest in float16; the values are the file's (q4_k_m: dequantized, then
+    rounded to float16, 2^-11 of each value at most)."""
+    engine = TorchEngine(converted(type_name), n_threads=1, dtype="float32")
+    try:
+        matrix = engine._layers[1].v
+        assert engine.storage_dtype == kept and matrix.dtype == kept
+        exact = GGUFWeights(read_metadata(converted(type_name))).tensor(
+            "blk.1.attn_v.weight", torch.float32, tuple(matrix.shape))
+        np.testing.assert_allclose(matrix.float().numpy(), exact.numpy(),
+                                   rtol=2.0 ** -11 if kept == torch.float16 else 0, atol=0)
+    finally:
+        engine.close()
 
 
 def test_weights_dtype_follows_the_file_and_the_cpu():

@@ -5,10 +5,11 @@
   'reranker[torch]'`); bf16 weights on CPUs with bf16 units, float32 elsewhere
   (`reranker.torch_engine.choose_dtype`).
 - ``auto`` (default): the engine `reranker-cli doctor --model FILE` timed as faster on
-  this machine for this model file (torch by at least 10%, `faster_engine`). Its verdict is kept with doctor's CPU-path verdicts
-  (`reranker.cpu_path`), under this machine's key and the file's path, with the file's
-  fingerprint: a file changed since (re-converted, replaced) has no verdict. Without
-  one, auto is llama.cpp, so it is never slower than before a measurement.
+  this machine for this model file (torch by at least 10%, `faster_engine`). Its verdict
+  is kept with doctor's CPU-path verdicts (`reranker.cpu_path`), under this machine's key
+  and the file's path, with the file's fingerprint: a file changed since (re-converted,
+  replaced) has no verdict. Without one, auto is llama.cpp, so it is never slower than
+  before a measurement.
 
 `RERANKER_ENGINE` or the `engine` option overrides the choice.
 """

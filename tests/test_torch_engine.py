@@ -143,8 +143,8 @@ def test_bf16_engine_keeps_the_ranking(torch_ranker_for, ranker_for, reference, 
 
 def test_without_bf16_units_a_quantized_file_runs_in_float32(torch_ranker_for, ranker_for,
                                                              reference):
-    """On a CPU without bf16 products (AVX2) the q8_0 file's weights are float32: the
-    q8_0 values exactly, so the scores sit within q8_0's own error of transformers'."""
+    """On a CPU without bf16 products (AVX2) the q8_0 file runs in float32 (its matrices
+    kept in float16), so the scores sit within q8_0's own error of transformers'."""
     ranker = torch_ranker_for("q8_0", native_bf16=False)
     assert ranker.engine.dtype == torch.float32 and "no native bf16" in ranker.engine.dtype_reason
     # kept in float16 between calls (half of float32's memory), widened per matrix
@@ -176,6 +176,24 @@ def test_float32_compute_keeps_matrices_in_the_files_precision(converted, type_n
                                    rtol=2.0 ** -11 if kept == torch.float16 else 0, atol=0)
     finally:
         engine.close()
+
+
+def test_q8_0_is_dequantized_as_gguf_py_does(converted):
+    """The torch engine's own q8_0 dequantizer (gguf-py's was half the load time) gives
+    gguf-py's values bit for bit, on the file's matrices and embedding rows."""
+    from gguf.quants import dequantize
+
+    weights = GGUFWeights(read_metadata(converted("q8_0")))
+    infos = {t.name: t for t in weights.metadata.tensors}
+    for name, shape in [("blk.0.ffn_down.weight", (256, 512)), ("blk.1.attn_k.weight", (128, 256))]:
+        raw, qtype = weights._raw(infos[name])
+        assert qtype == gguf.GGMLQuantizationType.Q8_0
+        np.testing.assert_array_equal(weights.tensor(name, torch.float32, shape).numpy(),
+                                      dequantize(raw, qtype).reshape(shape))
+    embedding = weights.quantized_rows("token_embd.weight", (151936, 256))
+    index = np.array([0, 7, 151935])
+    np.testing.assert_array_equal(embedding.rows(index, torch.float32).numpy(),
+                                  dequantize(embedding.raw[index], embedding.qtype).reshape(3, 256))
 
 
 def test_weights_dtype_follows_the_file_and_the_cpu():

@@ -119,7 +119,8 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
             else:
                 click.echo(_table(response.results))
             return
-        failed = _run_batch(ranker, lines, model_id(model_path), no_documents)
+        failed = _run_batch(ranker, lines, model_id(model_path),
+                            include_documents=not no_documents)
     if failed:
         raise batch_failed(failed, len(lines), input_name(batch_file))
 
@@ -134,7 +135,7 @@ def batch_failed(failed: list[int], total: int, source: str, unit: str = "line"
 
 
 def _run_batch(ranker: Reranker, lines: list[tuple[int, RerankRequest | InputError]],
-               model_name: str, no_documents: bool) -> list[int]:
+               model_name: str, *, include_documents: bool) -> list[int]:
     """Answer each request in order, one line each; return the line numbers that failed.
 
     A failed line is answered with the server's error body plus its line number, and the
@@ -143,7 +144,7 @@ def _run_batch(ranker: Reranker, lines: list[tuple[int, RerankRequest | InputErr
     failed = []
     with click.progressbar(lines, label="queries", file=sys.stderr) as bar:
         for number, request in bar:
-            answer = answer_batch_request(ranker, request, model_name, not no_documents)
+            answer = answer_batch_request(ranker, request, model_name, include_documents)
             if "error" in answer:
                 failed.append(number)
                 answer["line"] = number

@@ -117,14 +117,17 @@ def _known_type(info: TensorInfo, path: Path) -> GGMLQuantizationType:
 def _dequantize_q8_0(raw: np.ndarray) -> np.ndarray:
     """q8_0 rows ([rows, blocks x 34 bytes]: a float16 scale, then 32 int8) as float32.
 
-    The same values as gguf-py's dequantizer (scale x int8, exact in float32), computed
-    with torch's threaded kernels: a tenth of gguf-py's time, which was half the engine's
-    load.
+    The same values as gguf-py's dequantizer (scale x int8, exact in float32) in one
+    vectorized pass: load 4.5 -> 3.3 s for the real-size file, where gguf-py's grouping
+    was half the load. Kept in numpy on the calling thread: the same with torch's
+    threaded kernels left 470 MB more resident (freed temporaries held in other
+    threads' malloc arenas).
     """
-    blocks = torch.from_numpy(raw).view(raw.shape[0], -1, 34)
-    scales = blocks[..., :2].contiguous().view(torch.float16).float()
-    values = blocks[..., 2:].contiguous().view(torch.int8).float()
-    return (values * scales).reshape(raw.shape[0], -1).numpy()
+    blocks = raw.reshape(raw.shape[0], -1, 34)
+    scales = blocks[..., :2].copy().view(np.float16).astype(np.float32)
+    values = blocks[..., 2:].view(np.int8).astype(np.float32)
+    values *= scales
+    return values.reshape(raw.shape[0], -1)
 
 
 def _dequantize_rows(raw: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:

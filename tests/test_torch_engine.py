@@ -206,6 +206,28 @@ def test_weights_dtype_follows_the_file_and_the_cpu():
         assert dtype == "float32" and "no native bf16" in why, flags
 
 
+@pytest.mark.parametrize("via_float32", [False, True])
+def test_the_benchmarks_transformers_bf16_baseline_is_the_reference_model(
+        tiny_checkpoint, reference, via_float32):
+    """scripts/bench_engines.py's bf16 baselines (from_pretrained, straight or through
+    float32) score what the float32 reference scores, within bf16's error: the speed
+    they are compared at is this model's."""
+    from transformers import Qwen3Model
+
+    from reranker.testing.reference import ReferenceReranker
+
+    loaded = Qwen3Model.from_pretrained(tiny_checkpoint,
+                                        dtype=torch.float32 if via_float32 else torch.bfloat16)
+    baseline = ReferenceReranker(tiny_checkpoint, backbone=loaded.to(torch.bfloat16).eval())
+    assert next(baseline.model.parameters()).dtype == torch.bfloat16
+    docs = SIXTEEN + MULTILINGUAL
+    with torch.inference_mode():
+        ours = baseline.scores(QUERY, docs)
+    expected = reference.scores(QUERY, docs)
+    assert np.abs(ours - expected).max() < 1e-2
+    assert_same_ranking(ours, expected, margin=1e-2)
+
+
 def test_k_quants_dequantize_to_the_weights_they_were_made_from(converted, torch_ranker_for,
                                                               ranker_for):
     """q4_k_m (Q4_K and Q6_K tensors), which gguf-py dequantizes, so the torch engine

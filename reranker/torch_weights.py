@@ -22,6 +22,7 @@ from reranker.gguf_metadata import GGUFMetadata, TensorInfo
 
 # Rows dequantized at once: 4096 rows of 1024 floats is a 16 MB float32 scratch.
 _ROWS_PER_SLICE = 4096
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 _DIRECT = {GGMLQuantizationType.F32: (np.float32, torch.float32),
            GGMLQuantizationType.F16: (np.float16, torch.float16),
            GGMLQuantizationType.BF16: (np.uint16, torch.bfloat16)}
@@ -72,7 +73,12 @@ class GGUFWeights:
         return data.reshape(rows, -1), qtype
 
     def tensor(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-        """Tensor `name` in `dtype`, checked to have `shape` (PyTorch order, outermost first)."""
+        """Tensor `name` in `dtype`, checked to have `shape` (PyTorch order, outermost first).
+
+        Asked for float16, a tensor with values float16 cannot hold (past 65504: an f32
+        tensor, or a quantized block with a large scale) comes back in float32 instead of
+        as infinities.
+        """
         info = self._info(name)
         if tuple(reversed(info.shape)) != shape:
             raise ModelFileError(f"{self.path}: tensor {name} has shape "
@@ -80,12 +86,17 @@ class GGUFWeights:
         raw, qtype = self._raw(info)
         if qtype in _DIRECT:
             numpy_type, torch_type = _DIRECT[qtype]
-            direct = torch.from_numpy(raw.view(numpy_type).reshape(shape))
-            return direct.view(torch_type).to(dtype) if qtype == GGMLQuantizationType.BF16 \
-                else direct.to(dtype)
+            direct = torch.from_numpy(raw.view(numpy_type).reshape(shape)).view(torch_type)
+            if dtype == torch.float16 and not _fits_float16(direct.float().numpy()
+                                                            if qtype == GGMLQuantizationType.BF16
+                                                            else direct.numpy()):
+                dtype = torch.float32
+            return direct.to(dtype)
         out = torch.empty((raw.shape[0], info.shape[0]), dtype=dtype)
         for start in range(0, raw.shape[0], _ROWS_PER_SLICE):
             block = _dequantize(raw[start:start + _ROWS_PER_SLICE], qtype, info, self.path)
+            if dtype == torch.float16 and not _fits_float16(block):
+                return self.tensor(name, torch.float32, shape)
             out[start:start + block.shape[0]] = torch.from_numpy(block)
         return out.reshape(shape)
 
@@ -98,6 +109,12 @@ class GGUFWeights:
         raw, qtype = self._raw(info)
         _dequantize(raw[:1], qtype, info, self.path)  # an unsupported type fails at load
         return QuantizedRows(raw, qtype, shape[1])
+
+
+def _fits_float16(values: np.ndarray) -> bool:
+    """Whether float16 holds every value (NaN never fits). In numpy on the calling thread:
+    see `_dequantize_q8_0`; max and min make no temporary array."""
+    return bool(values.max() <= _FLOAT16_MAX and values.min() >= -_FLOAT16_MAX)
 
 
 def _known_type(info: TensorInfo, path: Path) -> GGMLQuantizationType:

@@ -357,6 +357,25 @@ def test_a_type_gguf_cannot_dequantize_is_a_typed_error(tmp_path):
         weights.tensor("blk.0.attn_k.weight", torch.bfloat16, (4, 64))
 
 
+def test_values_float16_cannot_hold_keep_their_tensor_in_float32(tmp_path):
+    """float32 compute keeps matrices in float16; an f32 tensor with values past 65504
+    stays float32 instead of becoming infinities."""
+    path = tmp_path / "large.gguf"
+    writer = gguf.GGUFWriter(path, "qwen3")
+    large = np.full((4, 64), 1e-3, dtype=np.float32)
+    large[2, 5] = 1e6
+    writer.add_tensor("blk.0.attn_q.weight", large)
+    writer.add_tensor("blk.0.attn_k.weight", np.full((4, 64), 0.5, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    weights = GGUFWeights(read_metadata(path))
+    kept = weights.tensor("blk.0.attn_q.weight", torch.float16, (4, 64))
+    assert kept.dtype == torch.float32 and kept[2, 5].item() == 1e6
+    assert weights.tensor("blk.0.attn_k.weight", torch.float16, (4, 64)).dtype == torch.float16
+
+
 def test_missing_or_damaged_shape_metadata_is_a_model_file_error(converted):
     meta = read_metadata(converted("f32"))
     assert BackboneShape.from_metadata(meta, 151936).heads == 8

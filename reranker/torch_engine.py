@@ -154,7 +154,8 @@ class TorchEngine:
                                                                  self.storage_dtype)
         half = torch.arange(0, self.shape.head_dim, 2, dtype=torch.float64) / self.shape.head_dim
         self._inv_freq = (1.0 / self.shape.rope_base ** half).float()
-        logger.info("torch engine: %s weights (%s), %d threads", dtype, self.dtype_reason,
+        logger.info("torch engine: %s compute, %s matrices (%s), %d threads", dtype,
+                    str(self.storage_dtype).removeprefix("torch."), self.dtype_reason,
                     self.n_threads)
 
     # -- tokens: llama.cpp's, as for the llama.cpp engine ---------------------------------

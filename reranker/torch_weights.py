@@ -87,10 +87,10 @@ class GGUFWeights:
         if qtype in _DIRECT:
             numpy_type, torch_type = _DIRECT[qtype]
             direct = torch.from_numpy(raw.view(numpy_type).reshape(shape)).view(torch_type)
-            if dtype == torch.float16 and not _fits_float16(direct.float().numpy()
-                                                            if qtype == GGMLQuantizationType.BF16
-                                                            else direct.numpy()):
-                dtype = torch.float32
+            if dtype == torch.float16 and qtype != GGMLQuantizationType.F16:
+                wide = direct.float() if qtype == GGMLQuantizationType.BF16 else direct
+                if not _fits_float16(wide.numpy()):
+                    dtype = torch.float32
             return direct.to(dtype)
         out = torch.empty((raw.shape[0], info.shape[0]), dtype=dtype)
         for start in range(0, raw.shape[0], _ROWS_PER_SLICE):

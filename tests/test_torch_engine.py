@@ -366,6 +366,8 @@ def test_values_float16_cannot_hold_keep_their_tensor_in_float32(tmp_path):
     large[2, 5] = 1e6
     writer.add_tensor("blk.0.attn_q.weight", large)
     writer.add_tensor("blk.0.attn_k.weight", np.full((4, 64), 0.5, dtype=np.float32))
+    as_bf16 = (large.view(np.uint32) >> 16).astype(np.uint16)  # 1e6 is 999424 in bf16
+    writer.add_tensor("blk.0.attn_v.weight", as_bf16, raw_dtype=gguf.GGMLQuantizationType.BF16)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -374,6 +376,8 @@ def test_values_float16_cannot_hold_keep_their_tensor_in_float32(tmp_path):
     kept = weights.tensor("blk.0.attn_q.weight", torch.float16, (4, 64))
     assert kept.dtype == torch.float32 and kept[2, 5].item() == 1e6
     assert weights.tensor("blk.0.attn_k.weight", torch.float16, (4, 64)).dtype == torch.float16
+    from_bf16 = weights.tensor("blk.0.attn_v.weight", torch.float16, (4, 64))
+    assert from_bf16.dtype == torch.float32 and from_bf16[2, 5].item() == 999424.0
 
 
 def test_missing_or_damaged_shape_metadata_is_a_model_file_error(converted):

@@ -142,8 +142,8 @@ def faster_engine(seconds: dict[str, float]) -> str:
     """The engine `auto` should take given one timed request per engine.
 
     torch must beat llama.cpp by TORCH_MARGIN: one request is a noisy measurement, and the
-    torch engine holds its matrices in 16 bits (1.7x llama.cpp's peak memory on a q8_0
-    file, measured on an AVX2 EPYC), which a tie does not pay for.
+    torch engine holds more memory (1.3x llama.cpp's peak on a q8_0 file, measured on an
+    AVX2 EPYC), which a tie does not pay for.
     """
     fastest = min(seconds, key=seconds.__getitem__)
     if fastest == "torch" and "llama.cpp" in seconds \

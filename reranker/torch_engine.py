@@ -41,7 +41,7 @@ from reranker.engine import LlamaEngine, check_positions, default_thread_count
 from reranker.errors import ModelFileError, RerankerCancelled, RerankerClosedError
 from reranker.gguf_metadata import GGUFMetadata, read_metadata
 from reranker.model_format import ARCHITECTURE, Keys
-from reranker.torch_weights import GGUFWeights, QuantizedRows
+from reranker.torch_weights import GGUFWeights, Q8Matrix, QuantizedRows
 
 logger = logging.getLogger(__name__)
 
@@ -103,19 +103,23 @@ class BackboneShape:
                    context_length=int(value("context_length")))
 
 
+# A weight matrix as kept between calls: a tensor, or q8_0 as stored (float32 compute).
+Matrix = torch.Tensor | Q8Matrix
+
+
 @dataclass
 class _Layer:
     attn_norm: torch.Tensor
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
+    q: Matrix
+    k: Matrix
+    v: Matrix
     q_norm: torch.Tensor
     k_norm: torch.Tensor
-    out: torch.Tensor
+    out: Matrix
     ffn_norm: torch.Tensor
-    gate: torch.Tensor
-    up: torch.Tensor
-    down: torch.Tensor
+    gate: Matrix
+    up: Matrix
+    down: Matrix
 
 
 class TorchEngine:
@@ -154,9 +158,8 @@ class TorchEngine:
                                                                  self.storage_dtype)
         half = torch.arange(0, self.shape.head_dim, 2, dtype=torch.float64) / self.shape.head_dim
         self._inv_freq = (1.0 / self.shape.rope_base ** half).float()
-        logger.info("torch engine: %s compute, %s matrices (%s), %d threads", dtype,
-                    str(self.storage_dtype).removeprefix("torch."), self.dtype_reason,
-                    self.n_threads)
+        logger.info("torch engine: %s compute (%s), matrices kept as %s, %d threads", dtype,
+                    self.dtype_reason, _kept_as(self._layers), self.n_threads)
 
     # -- tokens: llama.cpp's, as for the llama.cpp engine ---------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -209,9 +212,11 @@ class TorchEngine:
         s = self.shape
         n = x.shape[0]
 
-        def linear(inputs: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        def linear(inputs: torch.Tensor, matrix: Matrix) -> torch.Tensor:
             # Widened from the storage dtype here, one matrix at a time (a no-op when equal).
-            return F.linear(inputs, matrix.to(self.dtype))
+            widened = (matrix.widened(self.dtype) if isinstance(matrix, Q8Matrix)
+                       else matrix.to(self.dtype))
+            return F.linear(inputs, widened)
 
         h = _rms_norm(x, w.attn_norm, s.eps)
         queries_in = h if rows is None else h[rows]
@@ -263,9 +268,10 @@ def _storage_dtype(compute: torch.dtype, file_type: int | None) -> torch.dtype:
     """The dtype the matrices are kept in between calls.
 
     The compute dtype, except float32 compute of a file that is not all-f32: its matrices
-    are kept in bf16 (a bf16 file, exactly) or float16 (the rest: a q8_0 value rounds by
-    at most 2^-11 of itself, far under q8_0's own step) and widened a matrix at a time,
-    which halves the engine's memory for about 35 ms a layer per call (2 threads, AVX2).
+    are kept in bf16 (a bf16 file, exactly) or float16 (a k-quant's values round by at
+    most 2^-11 of themselves, far under the type's own step; q8_0 matrices are kept as
+    stored instead, see `_load`) and widened a matrix at a time, which halves the engine's
+    memory for about 35 ms a layer per call (2 threads, AVX2).
     """
     if compute != torch.float32 or file_type == LlamaFileType.ALL_F32:
         return compute
@@ -277,10 +283,14 @@ def _load(weights: GGUFWeights, s: BackboneShape,
     embedding = weights.quantized_rows("token_embd.weight", (s.vocab, s.hidden))
     layers = []
     for i in range(s.layers):
-        def get(part: str, shape: tuple[int, ...], norm: bool = False) -> torch.Tensor:
-            # Norm weights stay float32: they scale float32 normalized values.
-            return weights.tensor(f"blk.{i}.{part}.weight", torch.float32 if norm else dtype,
-                                  shape)
+        def get(part: str, shape: tuple[int, ...], norm: bool = False) -> Matrix:
+            name = f"blk.{i}.{part}.weight"
+            if norm:  # norm weights stay float32: they scale float32 normalized values
+                return weights.tensor(name, torch.float32, shape)
+            # Where matrices are widened per call anyway (float16 storage), a q8_0 one is
+            # kept as stored: half float16's memory, and its values exact.
+            kept = weights.q8_matrix(name, shape) if dtype == torch.float16 else None
+            return kept if kept is not None else weights.tensor(name, dtype, shape)
         layers.append(_Layer(
             attn_norm=get("attn_norm", (s.hidden,), True),
             q=get("attn_q", (s.heads * s.head_dim, s.hidden)),
@@ -295,6 +305,15 @@ def _load(weights: GGUFWeights, s: BackboneShape,
             down=get("ffn_down", (s.hidden, s.ffn))))
     final_norm = weights.tensor("output_norm.weight", torch.float32, (s.hidden,))
     return embedding, layers, final_norm
+
+
+def _kept_as(layers: list[_Layer]) -> str:
+    """How the matrices are kept, for the log: "float16", "q8_0 (int8, as stored)"..."""
+    kinds = {"q8_0 (int8, as stored)" if isinstance(matrix, Q8Matrix)
+             else str(matrix.dtype).removeprefix("torch.")
+             for layer in layers for matrix in (layer.q, layer.k, layer.v, layer.out,
+                                                layer.gate, layer.up, layer.down)}
+    return ", ".join(sorted(kinds))
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

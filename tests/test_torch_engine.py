@@ -30,7 +30,7 @@ from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelle
                              RerankerClosedError, RerankerError)
 from reranker.gguf_metadata import GGUFMetadata, read_metadata
 from reranker.torch_engine import BackboneShape, TorchEngine, choose_dtype
-from reranker.torch_weights import GGUFWeights, UnsupportedTensorTypeError
+from reranker.torch_weights import GGUFWeights, Q8Matrix, UnsupportedTensorTypeError
 from test_parity import QUERY, SIXTEEN, assert_same_ranking
 from texts import MULTILINGUAL
 
@@ -147,8 +147,8 @@ def test_without_bf16_units_a_quantized_file_runs_in_float32(torch_ranker_for, r
     kept in float16), so the scores sit within q8_0's own error of transformers'."""
     ranker = torch_ranker_for("q8_0", native_bf16=False)
     assert ranker.engine.dtype == torch.float32 and "no native bf16" in ranker.engine.dtype_reason
-    # kept in float16 between calls (half of float32's memory), widened per matrix
-    assert ranker.engine._layers[0].down.dtype == torch.float16
+    # kept as stored between calls (int8 and a scale per 32), widened per matrix
+    assert isinstance(ranker.engine._layers[0].down, Q8Matrix)
     docs = SIXTEEN + MULTILINGUAL
     ours = ranker.score(QUERY, docs).scores
     bf16 = torch_ranker_for("q8_0").score(QUERY, docs).scores
@@ -161,21 +161,44 @@ def test_without_bf16_units_a_quantized_file_runs_in_float32(torch_ranker_for, r
 
 
 @pytest.mark.parametrize("type_name, kept", [("f32", torch.float32), ("bf16", torch.bfloat16),
-                                             ("f16", torch.float16), ("q4_k_m", torch.float16)])
+                                             ("f16", torch.float16), ("q4_k_m", torch.float16),
+                                             ("q8_0", torch.int8)])
 def test_float32_compute_keeps_matrices_in_the_files_precision(converted, type_name, kept):
     """float32 compute keeps an f32 file in float32, a bf16 file's matrices bit for bit in
-    bf16, the rest in float16; the values are the file's (q4_k_m: dequantized, then
-    rounded to float16, 2^-11 of each value at most)."""
+    bf16, q8_0 ones as stored (int8 and scales), the rest in float16; what a call widens
+    them to is the file's values (q4_k_m: dequantized, then rounded to float16, 2^-11 of
+    each value at most; the others exactly)."""
     engine = TorchEngine(converted(type_name), n_threads=1, dtype="float32")
     try:
         matrix = engine._layers[1].v
-        assert engine.storage_dtype == kept and matrix.dtype == kept
+        assert matrix.dtype == kept
+        widened = (matrix.widened(torch.float32) if isinstance(matrix, Q8Matrix)
+                   else matrix.float())
         exact = GGUFWeights(read_metadata(converted(type_name))).tensor(
             "blk.1.attn_v.weight", torch.float32, tuple(matrix.shape))
-        np.testing.assert_allclose(matrix.float().numpy(), exact.numpy(),
+        np.testing.assert_allclose(widened.numpy(), exact.numpy(),
                                    rtol=2.0 ** -11 if kept == torch.float16 else 0, atol=0)
     finally:
         engine.close()
+
+
+def test_q8_0_matrices_as_stored_give_the_float16_stored_hidden_states(converted):
+    """The same q8_0 file with its matrices kept as stored and kept in float16: the
+    hidden states differ only by float16's rounding of the weights."""
+    ids = list(range(1000, 1300))
+    positions = [10, 150, 299]
+    engine = TorchEngine(converted("q8_0"), n_threads=1, dtype="float32")
+    try:
+        assert isinstance(engine._layers[0].q, Q8Matrix)
+        as_stored = engine.hidden_states(ids, positions)
+        for layer in engine._layers:  # the float16 copies of the very same values
+            for part in ("q", "k", "v", "out", "gate", "up", "down"):
+                setattr(layer, part, getattr(layer, part).widened(torch.float16))
+        in_float16 = engine.hidden_states(ids, positions)
+    finally:
+        engine.close()
+    scale = np.abs(as_stored).max()
+    assert 0 < np.abs(as_stored - in_float16).max() < 1e-2 * scale
 
 
 def test_q8_0_is_dequantized_as_gguf_py_does(converted):

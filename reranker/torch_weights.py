@@ -130,10 +130,9 @@ class GGUFWeights:
             raise ModelFileError(f"{self.path}: tensor {name} has shape "
                                  f"{list(reversed(info.shape))}, expected {list(shape)}")
         raw, _ = self._raw(info)
-        blocks = raw.reshape(shape[0], -1, 34)
-        scales = blocks[..., :2].copy().view(np.float16).astype(np.float32)
-        values = np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(shape)
-        return Q8Matrix(torch.from_numpy(values), torch.from_numpy(scales))
+        scales, values = _q8_0_blocks(raw)
+        return Q8Matrix(torch.from_numpy(np.ascontiguousarray(values).reshape(shape)),
+                        torch.from_numpy(scales))
 
     def quantized_rows(self, name: str, shape: tuple[int, int]) -> QuantizedRows:
         """A [rows, columns] tensor kept in its file type, for row lookups."""
@@ -175,11 +174,18 @@ def _dequantize_q8_0(raw: np.ndarray) -> np.ndarray:
     threaded kernels left 470 MB more resident (freed temporaries held in other
     threads' malloc arenas).
     """
+    scales, values = _q8_0_blocks(raw)
+    widened = values.astype(np.float32)
+    widened *= scales
+    return widened.reshape(raw.shape[0], -1)
+
+
+def _q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """q8_0 rows split into float32 scales [rows, blocks, 1] and int8 values [rows, blocks,
+    32] (a view of `raw`): each 34-byte block is a float16 scale, then 32 int8."""
     blocks = raw.reshape(raw.shape[0], -1, 34)
     scales = blocks[..., :2].copy().view(np.float16).astype(np.float32)
-    values = blocks[..., 2:].view(np.int8).astype(np.float32)
-    values *= scales
-    return values.reshape(raw.shape[0], -1)
+    return scales, blocks[..., 2:].view(np.int8)
 
 
 def _dequantize_rows(raw: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:

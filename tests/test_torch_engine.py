@@ -61,7 +61,7 @@ def cpu_flags(*flags: str) -> CpuInfo:
 @pytest.fixture(scope="module")
 def torch_ranker_for(converted):
     """torch_ranker_for(type, native_bf16=True) -> a Reranker with engine="torch", on a
-    CPU with bf16 units (bf16 weights) or without (float32 weights); one per pair."""
+    CPU with bf16 units (bf16 compute) or without (float32 compute); one per pair."""
     opened: dict[tuple[str, bool], Reranker] = {}
 
     def get(type_name: str, native_bf16: bool = True) -> Reranker:
@@ -144,7 +144,7 @@ def test_bf16_engine_keeps_the_ranking(torch_ranker_for, ranker_for, reference, 
 def test_without_bf16_units_a_quantized_file_runs_in_float32(torch_ranker_for, ranker_for,
                                                              reference):
     """On a CPU without bf16 products (AVX2) the q8_0 file runs in float32 (its matrices
-    kept in float16), so the scores sit within q8_0's own error of transformers'."""
+    kept as stored), so the scores sit within q8_0's own error of transformers'."""
     ranker = torch_ranker_for("q8_0", native_bf16=False)
     assert ranker.engine.dtype == torch.float32 and "no native bf16" in ranker.engine.dtype_reason
     # kept as stored between calls (int8 and a scale per 32), widened per matrix

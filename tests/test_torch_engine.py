@@ -31,6 +31,7 @@ from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelle
 from reranker.gguf_metadata import GGUFMetadata, read_metadata
 from reranker.torch_engine import BackboneShape, TorchEngine, choose_dtype
 from reranker.torch_weights import GGUFWeights, Q8Matrix, UnsupportedTensorTypeError
+from gguf_files import write_gguf
 from test_parity import QUERY, SIXTEEN, assert_same_ranking
 from texts import MULTILINGUAL
 
@@ -362,15 +363,10 @@ def test_concurrent_calls_give_the_single_call_answer(torch_ranker_for):
 
 def test_a_type_gguf_cannot_dequantize_is_a_typed_error(tmp_path):
     """A real GGUF with a Q8_1 tensor (gguf-py has no dequantizer for it)."""
-    path = tmp_path / "q8_1.gguf"
-    writer = gguf.GGUFWriter(path, "qwen3")
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_1]
     raw = np.zeros((4, 64 // block * size), dtype=np.uint8)
-    writer.add_tensor("blk.0.attn_q.weight", raw, raw_dtype=gguf.GGMLQuantizationType.Q8_1)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = write_gguf(tmp_path / "q8_1.gguf", "qwen3", lambda writer: writer.add_tensor(
+        "blk.0.attn_q.weight", raw, raw_dtype=gguf.GGMLQuantizationType.Q8_1))
     weights = GGUFWeights(read_metadata(path))
     with pytest.raises(UnsupportedTensorTypeError, match="Q8_1.*q8_0, f16 or bf16"):
         weights.tensor("blk.0.attn_q.weight", torch.bfloat16, (4, 64))
@@ -383,19 +379,17 @@ def test_a_type_gguf_cannot_dequantize_is_a_typed_error(tmp_path):
 def test_values_float16_cannot_hold_keep_their_tensor_in_float32(tmp_path):
     """float32 compute keeps matrices in float16; an f32 tensor with values past 65504
     stays float32 instead of becoming infinities."""
-    path = tmp_path / "large.gguf"
-    writer = gguf.GGUFWriter(path, "qwen3")
     large = np.full((4, 64), 1e-3, dtype=np.float32)
     large[2, 5] = 1e6
-    writer.add_tensor("blk.0.attn_q.weight", large)
-    writer.add_tensor("blk.0.attn_k.weight", np.full((4, 64), 0.5, dtype=np.float32))
     as_bf16 = (large.view(np.uint32) >> 16).astype(np.uint16)  # 1e6 is 999424 in bf16
-    writer.add_tensor("blk.0.attn_v.weight", as_bf16, raw_dtype=gguf.GGMLQuantizationType.BF16)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    weights = GGUFWeights(read_metadata(path))
+
+    def add_tensors(writer: gguf.GGUFWriter) -> None:
+        writer.add_tensor("blk.0.attn_q.weight", large)
+        writer.add_tensor("blk.0.attn_k.weight", np.full((4, 64), 0.5, dtype=np.float32))
+        writer.add_tensor("blk.0.attn_v.weight", as_bf16,
+                          raw_dtype=gguf.GGMLQuantizationType.BF16)
+    weights = GGUFWeights(read_metadata(write_gguf(tmp_path / "large.gguf", "qwen3",
+                                                   add_tensors)))
     kept = weights.tensor("blk.0.attn_q.weight", torch.float16, (4, 64))
     assert kept.dtype == torch.float32 and kept[2, 5].item() == 1e6
     assert weights.tensor("blk.0.attn_k.weight", torch.float16, (4, 64)).dtype == torch.float16

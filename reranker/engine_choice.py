@@ -1,11 +1,13 @@
-"""Which engine runs the backbone: llama.cpp, or PyTorch where doctor measured it faster.
+"""Which engine runs the backbone: llama.cpp, PyTorch, or each for the prompts it is faster on.
 
 - ``llama.cpp``: `reranker.engine.LlamaEngine`, the default.
 - ``torch``: `reranker.torch_engine.TorchEngine` on the same GGUF (`pip install
   'reranker[torch]'`); bf16 weights on CPUs with bf16 units, float32 elsewhere
   (`reranker.torch_engine.choose_dtype`).
-- ``auto`` (default): the engine `reranker-cli doctor --model FILE` timed as faster on
-  this machine for this model file (torch by at least 10%, `faster_engine`). Its verdict
+- ``llama.cpp+torch``: `reranker.routed_engine.RoutedEngine`, both loaded, llama.cpp for
+  prompts shorter than a token count and torch from there. Only auto takes it.
+- ``auto`` (default): what `reranker-cli doctor --model FILE` measured on this machine for
+  this model file, timing TIMED_REQUESTS on each engine (`auto_engine`). Its verdict
   is kept with doctor's CPU-path verdicts (`reranker.cpu_path`), under this machine's key
   and the file's path, with the file's fingerprint: a file changed since (re-converted,
   replaced) has no verdict. Without one, auto is llama.cpp, so it is never slower than
@@ -26,11 +28,21 @@ from reranker.cpu_path import load_entry, machine_key, save_entry
 from reranker.cpu_support import read_cpu_info, read_llama_build
 from reranker.errors import RerankerError
 
-ENGINES = ("auto", "llama.cpp", "torch")
+ENGINES = ("auto", "llama.cpp", "torch")  # what a user may ask for
+ROUTED = "llama.cpp+torch"  # auto's third answer (`auto_engine`)
 ENV_VAR = "RERANKER_ENGINE"
 TORCH_EXTRA_HINT = "install it with: pip install 'reranker[torch]'"
 _HEADER_BYTES = 1 << 20  # the part of the file hashed into its fingerprint
-TORCH_MARGIN = 1.1  # torch is taken only when at least 10% faster (`faster_engine`)
+# The requests doctor times on each engine, shortest first: (documents, words each).
+# The engines' order turns with length: on an AVX2 EPYC (q8_0, real size, 2 threads)
+# doctor timed torch at 2.90 s against llama.cpp's 1.51 s at 327 tokens, 6.16 s against
+# 5.75 s at 792, and 24.11 s against 30.17 s at 2,303: its float32 products cost more
+# than llama.cpp's int8 ones, while llama.cpp's attention costs more per token as the
+# prompt grows.
+TIMED_REQUESTS = {"short": (4, 30), "medium": (10, 50), "typical": (16, 120)}
+# torch takes a prompt only where it was at least 10% faster: one timing is noisy, and
+# routing holds both engines (torch alone holds about 1.3x llama.cpp's peak on q8_0).
+TORCH_MARGIN = 1.1
 
 
 class EngineError(RerankerError, ValueError):
@@ -39,17 +51,20 @@ class EngineError(RerankerError, ValueError):
 
 @dataclass(frozen=True)
 class Engine:
-    name: str  # llama.cpp | torch
+    name: str  # llama.cpp | torch | llama.cpp+torch
     reason: str
+    torch_from_tokens: int | None = None  # llama.cpp+torch: prompts this long go to torch
 
 
 @dataclass(frozen=True)
 class EngineVerdict:
     """What doctor measured for one model file on one machine."""
-    engine: str  # the faster one
+    engine: str  # the one auto takes (`auto_engine`)
     fingerprint: str  # of the model file measured
-    seconds: dict[str, float]  # engine -> seconds of the timed request
+    seconds: dict[str, dict[str, float]]  # request name -> engine -> seconds
+    tokens: dict[str, int]  # request name -> its prompt tokens
     checked_at: str
+    torch_from_tokens: int | None = None  # for llama.cpp+torch
 
 
 def choose_engine(requested: str, verdict: EngineVerdict | None, fingerprint: str, *,
@@ -76,18 +91,25 @@ def choose_engine(requested: str, verdict: EngineVerdict | None, fingerprint: st
         return Engine("llama.cpp", f"the model file changed since doctor measured it "
                                    f"({verdict.checked_at}); run doctor --model again")
     timing = _timing_text(verdict)
-    if verdict.engine == "torch" and not torch_available:
-        return Engine("llama.cpp", f"doctor measured torch faster ({timing}) but PyTorch is "
-                                   f"not installed now; {TORCH_EXTRA_HINT}")
-    if verdict.engine not in ENGINES[1:]:
+    if verdict.engine not in (*ENGINES[1:], ROUTED):
         return Engine("llama.cpp", f"doctor's record names an unknown engine "
                                    f"{verdict.engine!r}; run doctor --model again")
+    if verdict.engine != "llama.cpp" and not torch_available:
+        return Engine("llama.cpp", f"doctor measured torch faster ({timing}) but PyTorch is "
+                                   f"not installed now; {TORCH_EXTRA_HINT}")
+    if verdict.engine == ROUTED:
+        return Engine(ROUTED, f"measured here by doctor: llama.cpp below "
+                              f"{verdict.torch_from_tokens} prompt tokens, torch from there "
+                              f"({timing}, {verdict.checked_at})", verdict.torch_from_tokens)
     return Engine(verdict.engine, f"measured faster here by doctor ({timing}, "
                                   f"{verdict.checked_at})")
 
 
 def _timing_text(verdict: EngineVerdict) -> str:
-    return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in verdict.seconds.items())
+    """"327 tokens: llama.cpp 1.74 s, torch 2.51 s; 811 tokens: ..."."""
+    return "; ".join(f"{verdict.tokens[request]} tokens: "
+                     + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in by_engine.items())
+                     for request, by_engine in verdict.seconds.items())
 
 
 def resolve_engine(requested: str | None, model_path: Path) -> Engine:
@@ -131,33 +153,70 @@ def _verdict_key(model_path: Path) -> str:
 def load_engine_verdict(model_path: Path) -> EngineVerdict | None:
     entry = load_entry(_verdict_key(model_path))
     try:
-        return EngineVerdict(str(entry["engine"]), str(entry["fingerprint"]),
-                             {str(k): float(v) for k, v in entry["seconds"].items()},
-                             str(entry["checked_at"]))
+        seconds = {str(request): {str(name): float(value) for name, value in by_engine.items()}
+                   for request, by_engine in entry["seconds"].items()}
+        tokens = {str(request): int(count) for request, count in entry["tokens"].items()}
+        threshold = None
+        if entry["engine"] == ROUTED:  # int(None) raises: a routed record needs its threshold
+            threshold = int(entry["torch_from_tokens"])
+            if isinstance(entry["torch_from_tokens"], bool) or threshold < 1:
+                return None
+        if not set(seconds) <= set(tokens):
+            return None
+        return EngineVerdict(str(entry["engine"]), str(entry["fingerprint"]), seconds, tokens,
+                             str(entry["checked_at"]), threshold)
     except (TypeError, KeyError, ValueError, AttributeError):
-        return None  # never measured, or a record this version cannot read
+        # never measured, or a record this version cannot read (one written before the
+        # requests' token counts were kept): doctor --model measures again
+        return None
 
 
-def faster_engine(seconds: dict[str, float]) -> str:
-    """The engine `auto` should take given one timed request per engine.
+def auto_engine(seconds: dict[str, dict[str, float]],
+                tokens: dict[str, int]) -> tuple[str, int | None]:
+    """What auto should take, given doctor's seconds by request and engine, and each
+    request's tokens: the engine, and for llama.cpp+torch the prompt length from which
+    torch takes over.
 
-    torch must beat llama.cpp by TORCH_MARGIN: one request is a noisy measurement, and the
-    torch engine holds more memory (1.3x llama.cpp's peak on a q8_0 file, measured on an
-    AVX2 EPYC), which a tie does not pay for.
+    - torch: at least TORCH_MARGIN faster on the longest request and no slower on any.
+    - llama.cpp+torch: torch at least TORCH_MARGIN faster on the longest request but
+      slower on a shorter one; it takes prompts from the shortest request on which it,
+      and every longer one, was at least TORCH_MARGIN faster. Below that, llama.cpp.
+    - llama.cpp otherwise, also when torch could not run.
+    So on every request timed, auto is never slower than llama.cpp.
     """
-    fastest = min(seconds, key=seconds.__getitem__)
-    if fastest == "torch" and "llama.cpp" in seconds \
-            and seconds["llama.cpp"] < seconds["torch"] * TORCH_MARGIN:
-        return "llama.cpp"
-    return fastest
+    requests = sorted(seconds, key=tokens.__getitem__)
+
+    def speedup(request: str) -> float:  # llama.cpp's seconds over torch's; 0 if unmeasured
+        by_engine = seconds[request]
+        if "torch" not in by_engine or "llama.cpp" not in by_engine:
+            return 0.0
+        return by_engine["llama.cpp"] / max(by_engine["torch"], 1e-9)
+    if not requests or speedup(requests[-1]) < TORCH_MARGIN:
+        return "llama.cpp", None
+    if all(speedup(request) >= 1.0 for request in requests):
+        return "torch", None
+    first = len(requests) - 1
+    while first > 0 and speedup(requests[first - 1]) >= TORCH_MARGIN:
+        first -= 1
+    return ROUTED, tokens[requests[first]]
 
 
-def save_engine_verdict(model_path: Path, seconds: dict[str, float]) -> EngineVerdict:
-    """Record `faster_engine` of the engines timed in `seconds` for this machine and file."""
-    verdict = EngineVerdict(faster_engine(seconds), model_fingerprint(model_path),
-                            dict(seconds), time.strftime("%Y-%m-%d %H:%M:%S"))
+def save_engine_verdict(model_path: Path, seconds: dict[str, dict[str, float]],
+                        tokens: dict[str, int]) -> EngineVerdict:
+    """Record `auto_engine` of doctor's timings (request -> engine -> seconds, and each
+    request's tokens) for this machine and model file."""
+    untold = set(seconds) - set(tokens)
+    if untold:
+        raise ValueError(f"no token count for the timed request(s) {', '.join(sorted(untold))}")
+    engine, threshold = auto_engine(seconds, tokens)
+    verdict = EngineVerdict(engine, model_fingerprint(model_path),
+                            {request: dict(by_engine) for request, by_engine in seconds.items()},
+                            {request: tokens[request] for request in seconds},
+                            time.strftime("%Y-%m-%d %H:%M:%S"), threshold)
     save_entry(_verdict_key(model_path), {"engine": verdict.engine,
                                           "fingerprint": verdict.fingerprint,
                                           "seconds": verdict.seconds,
+                                          "tokens": verdict.tokens,
+                                          "torch_from_tokens": threshold,
                                           "checked_at": verdict.checked_at})
     return verdict

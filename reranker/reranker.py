@@ -13,13 +13,14 @@ from gguf import LlamaFileType
 
 from reranker.blocks import cosine, merge_query_embeddings
 from reranker.engine import LlamaEngine
-from reranker.engine_choice import Engine, resolve_engine
+from reranker.engine_choice import ROUTED, Engine, resolve_engine
 from reranker.errors import ModelFileError, RerankerCancelled, RerankerClosedError
 from reranker.model_check import open_reranker_file
 from reranker.model_format import FLOAT_FILE_TYPES, Keys
 from reranker.scoring_plan import PlanLimits, PromptPlanner, ScoringPlan
 
 if TYPE_CHECKING:  # imported when chosen: torch is an optional extra
+    from reranker.routed_engine import RoutedEngine
     from reranker.torch_engine import TorchEngine
 
 # Published defaults: `rerank()` arguments and the tokenizer's model_max_length.
@@ -85,8 +86,9 @@ class Reranker:
     see `reranker.cpu_path`): auto never takes AMX kernels that doctor has not verified.
     `engine` ("auto", "llama.cpp", "torch"; default $RERANKER_ENGINE or auto, see
     `reranker.engine_choice`) runs the backbone on llama.cpp or PyTorch; auto takes what
-    doctor measured as faster for this file here, else llama.cpp. `ranker.engine_choice`
-    says which and why; `ranker.engine.name` names the engine underneath.
+    doctor measured as faster for this file here (which may be both, each for the prompt
+    lengths it is faster at), else llama.cpp. `ranker.engine_choice` says which and why;
+    `ranker.engine.name` names the engine underneath.
     """
 
     def __init__(self, model: str | Path, projector: str | Path | None = None, *,
@@ -129,6 +131,11 @@ class Reranker:
                                        n_ubatch=n_ubatch, flash_attention=flash_attention,
                                        kv_cache_type=kv_cache_type, use_mmap=use_mmap,
                                        cpu_path=cpu_path)
+            if self.engine_choice.name == ROUTED:
+                from reranker.routed_engine import RoutedEngine
+
+                self._engine = RoutedEngine(self._engine, self.engine_choice.torch_from_tokens,
+                                            n_threads=n_threads, max_context=max_context)
         self.cpu_path = self._engine.cpu_path
         self.projector.check_hidden_size(self._engine.hidden_size)
         self._planner = PromptPlanner(self._engine, PlanLimits(
@@ -184,8 +191,9 @@ class Reranker:
             return self._score(plan, should_stop)
 
     @property
-    def engine(self) -> LlamaEngine | TorchEngine:
-        """The engine underneath (`.name`: "llama.cpp" or "torch"): tokenizer, hidden states."""
+    def engine(self) -> LlamaEngine | TorchEngine | RoutedEngine:
+        """The engine underneath (`.name`: "llama.cpp", "torch" or "llama.cpp+torch"):
+        tokenizer, hidden states."""
         return self._engine
 
     def count_tokens(self, text: str) -> int:

@@ -128,8 +128,11 @@ class TorchEngine:
     name = "torch"
 
     def __init__(self, model_path: str | Path, *, n_threads: int | None = None,
-                 max_context: int | None = None, dtype: str | None = None):
-        """`dtype` None: `choose_dtype` for this file on this CPU."""
+                 max_context: int | None = None, dtype: str | None = None,
+                 vocabulary: LlamaEngine | None = None):
+        """`dtype` None: `choose_dtype` for this file on this CPU. `vocabulary`: a llama.cpp
+        engine on the same file to tokenize with (the caller keeps and closes it); None
+        loads the vocabulary alone."""
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         self.model_path = Path(model_path)
@@ -138,7 +141,8 @@ class TorchEngine:
         self.decoded_tokens = 0
         self._lock = threading.Lock()
         # llama.cpp keeps the tokenizer: the vocabulary alone, no weights, no context.
-        self._vocabulary = LlamaEngine(self.model_path, vocab_only=True)
+        self._owns_vocabulary = vocabulary is None
+        self._vocabulary = vocabulary or LlamaEngine(self.model_path, vocab_only=True)
         self.cpu_path = CpuPath("none", "torch engine: llama.cpp only tokenizes")
         meta = read_metadata(self.model_path)
         file_type = meta.get(Keys.FILE_TYPE)
@@ -261,7 +265,8 @@ class TorchEngine:
         with self._lock:
             self._layers = None
             self._embedding = self._final_norm = None
-            self._vocabulary.close()
+            if self._owns_vocabulary:
+                self._vocabulary.close()
 
 
 def _storage_dtype(compute: torch.dtype, file_type: int | None) -> torch.dtype:

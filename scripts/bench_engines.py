@@ -12,8 +12,10 @@ baselines run the same documents through the published prompt on transformers' Q
 (`reranker/testing/reference.py`): float32, bf16 loaded straight from the checkpoint, and
 bf16 converted after a float32 load (`model.to(torch.bfloat16)`, as the AMX issue measured).
 The summary gives every cell's speed against transformers bf16 measured in the same run,
-and what `auto` takes here. `reranker-cli doctor --model` decides `auto` from one request
-per engine; this script is for the record in docs/benchmarks.md.
+and what `auto` takes here. `reranker-cli doctor --model` decides `auto` from three requests
+per engine; where it recorded both engines (llama.cpp+torch, each for the lengths it is
+faster at), an `auto` cell times that too. This script is for the record in
+docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from bench import QUERY, documents_of  # noqa: E402
 from bench_cpu_paths import run_cell, run_child  # noqa: E402  (engines' cells: its children)
 
 from reranker.cpu_support import read_cpu_info  # noqa: E402
-from reranker.engine_choice import ENGINES, resolve_engine  # noqa: E402
+from reranker.engine_choice import ENGINES, ROUTED, resolve_engine  # noqa: E402
 
 # transformers baselines: cell name -> (dtype, loaded as float32 first)
 TRANSFORMERS = {"transformers float32": ("float32", False),
@@ -90,6 +92,7 @@ def main() -> int:
     if args.model is None:
         parser.error("a MODEL.gguf is required")
     names = [name for name in ENGINES if name != "auto"]
+    names += ["auto"] if resolve_engine("auto", args.model).name == ROUTED else []
     names += list(TRANSFORMERS) if args.transformers else []
     cells: dict[str, list[dict]] = {name: [] for name in names}
     for round_number in range(args.rounds):

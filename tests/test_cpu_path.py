@@ -326,7 +326,7 @@ def test_doctor_times_a_real_request(converted, cache):
     done = CliRunner().invoke(cli, ["doctor", "--model", str(converted("q8_0")),
                                     "--threads", "2", "--json"])
     assert done.exit_code == 0, done.output
-    request = json.loads(done.output)["request"]
+    request = json.loads(done.stdout)["request"]
     assert request["documents"] == 16 and request["tokens"] > 2000
     assert request["request_seconds"] > 0 and request["path"] == resolve_cpu_path().name
     done = CliRunner().invoke(cli, ["doctor", "--model", "/nonexistent/model.gguf"])

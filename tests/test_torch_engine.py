@@ -23,8 +23,9 @@ from reranker import Reranker
 from reranker import torch_engine
 from reranker.cli.main import cli
 from reranker.cpu_support import CpuInfo, read_cpu_info
-from reranker.engine_choice import (ENGINES, EngineError, EngineVerdict, choose_engine,
-                                    faster_engine, load_engine_verdict, model_fingerprint,
+from reranker.engine_choice import (ENGINES, ROUTED, TIMED_REQUESTS, Engine, EngineError,
+                                    EngineVerdict, auto_engine, choose_engine,
+                                    load_engine_verdict, model_fingerprint,
                                     resolve_engine, save_engine_verdict)
 from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
                              RerankerClosedError, RerankerError)
@@ -430,8 +431,18 @@ def gguf_table(path, name) -> np.ndarray:
 
 
 # -- the choice ------------------------------------------------------------------------------
-def verdict(engine: str, fingerprint: str = "fp") -> EngineVerdict:
-    return EngineVerdict(engine, fingerprint, {"llama.cpp": 2.0, "torch": 1.0}, "today")
+TOKENS = {"short": 327, "medium": 811, "typical": 2303}
+
+
+def verdict(engine: str, fingerprint: str = "fp", threshold: int | None = None) -> EngineVerdict:
+    return EngineVerdict(engine, fingerprint, timed(short=(2.0, 1.5), typical=(20.0, 10.0)),
+                         {"short": 327, "typical": 2303}, "today", threshold)
+
+
+def timed(**requests: tuple[float, float]) -> dict[str, dict[str, float]]:
+    """doctor's seconds by request and engine, from (llama.cpp, torch) pairs."""
+    return {request: {"llama.cpp": pair[0], "torch": pair[1]}
+            for request, pair in requests.items()}
 
 
 def test_choice_without_a_measurement_is_llama_cpp():
@@ -444,14 +455,20 @@ def test_choice_follows_a_verdict_for_this_file():
     assert choose_engine("auto", verdict("llama.cpp"), "fp",
                          torch_available=True).name == "llama.cpp"
     chosen = choose_engine("auto", verdict("torch"), "fp", torch_available=True)
-    assert "torch 1.00 s" in chosen.reason and "today" in chosen.reason
+    assert ("327 tokens: llama.cpp 2.00 s, torch 1.50 s; 2303 tokens: llama.cpp 20.00 s, "
+            "torch 10.00 s") in chosen.reason and "today" in chosen.reason
+    routed = choose_engine("auto", verdict(ROUTED, threshold=800), "fp", torch_available=True)
+    assert routed == Engine(ROUTED, routed.reason, 800)
+    assert "llama.cpp below 800 prompt tokens, torch from there" in routed.reason
 
 
 def test_a_stale_or_unusable_verdict_falls_back_to_llama_cpp():
     stale = choose_engine("auto", verdict("torch", "old"), "new", torch_available=True)
     assert stale.name == "llama.cpp" and "changed" in stale.reason
-    no_torch = choose_engine("auto", verdict("torch"), "fp", torch_available=False)
-    assert no_torch.name == "llama.cpp" and "reranker[torch]" in no_torch.reason
+    for recorded in ("torch", ROUTED):
+        no_torch = choose_engine("auto", verdict(recorded, threshold=800), "fp",
+                                 torch_available=False)
+        assert no_torch.name == "llama.cpp" and "reranker[torch]" in no_torch.reason
     unknown = choose_engine("auto", verdict("onnx"), "fp", torch_available=True)
     assert unknown.name == "llama.cpp" and "'onnx'" in unknown.reason
 
@@ -483,7 +500,7 @@ def test_a_recorded_verdict_decides_auto_until_the_file_changes(converted, cache
     model = tmp_path / "copy.gguf"
     model.write_bytes(converted("f32").read_bytes())
     assert load_engine_verdict(model) is None
-    save_engine_verdict(model, {"llama.cpp": 3.0, "torch": 1.5})
+    save_engine_verdict(model, timed(short=(1.0, 0.5), typical=(3.0, 1.5)), TOKENS)
     assert resolve_engine(None, model).name == "torch"
     assert resolve_engine(None, converted("f32")).name == "llama.cpp"  # another file
     stat = model.stat()
@@ -492,11 +509,54 @@ def test_a_recorded_verdict_decides_auto_until_the_file_changes(converted, cache
     assert resolve_engine(None, model).name == "llama.cpp"
 
 
-def test_torch_is_recorded_only_when_clearly_faster():
-    assert faster_engine({"llama.cpp": 10.0, "torch": 8.0}) == "torch"
-    assert faster_engine({"llama.cpp": 10.0, "torch": 9.5}) == "llama.cpp"  # within the margin
-    assert faster_engine({"llama.cpp": 10.0, "torch": 12.0}) == "llama.cpp"
-    assert faster_engine({"llama.cpp": 10.0}) == "llama.cpp"  # torch failed or absent
+def test_torch_is_recorded_only_when_clearly_faster_on_the_longest_request():
+    assert auto_engine(timed(short=(1.0, 1.0), typical=(10.0, 8.0)), TOKENS) == ("torch", None)
+    assert auto_engine(timed(short=(1.0, 0.5), typical=(10.0, 9.5)), TOKENS) == \
+        ("llama.cpp", None)  # within the margin on the longest
+    assert auto_engine(timed(short=(1.0, 0.5), typical=(10.0, 12.0)), TOKENS) == \
+        ("llama.cpp", None)
+    only_llama = {"short": {"llama.cpp": 1.0}, "typical": {"llama.cpp": 10.0}}
+    assert auto_engine(only_llama, TOKENS) == ("llama.cpp", None)  # torch failed or absent
+    assert auto_engine({}, {}) == ("llama.cpp", None)
+
+
+def test_torch_slower_on_short_requests_is_routed_from_where_it_wins():
+    # As doctor measured on an AVX2 EPYC (q8_0, real size): torch 0.69x at 327 tokens,
+    # 1.46x at 2,303. One engine alone would be slower on one of them: both are loaded.
+    assert auto_engine(timed(short=(1.74, 2.51), typical=(31.87, 21.77)), TOKENS) == \
+        (ROUTED, 2303)
+    # From the shortest request on which it, and every longer one, won by the margin.
+    assert auto_engine(timed(short=(1.74, 2.51), medium=(7.0, 6.0), typical=(31.87, 21.77)),
+                       TOKENS) == (ROUTED, 811)
+    assert auto_engine(timed(short=(1.74, 2.51), medium=(7.0, 6.7), typical=(31.87, 21.77)),
+                       TOKENS) == (ROUTED, 2303)  # medium won, but within the margin
+    assert auto_engine(timed(short=(1.74, 1.5), medium=(7.0, 7.5), typical=(31.87, 21.77)),
+                       TOKENS) == (ROUTED, 2303)  # a slower medium: only typical's length
+    assert auto_engine(timed(short=(1.74, 1.74), medium=(7.0, 7.0), typical=(31.87, 21.77)),
+                       TOKENS) == ("torch", None)  # ties on short ones: one engine will do
+    # The order of requests is their token counts', not the dict's.
+    assert auto_engine(timed(typical=(31.87, 21.77), short=(1.74, 2.51)), TOKENS) == \
+        (ROUTED, 2303)
+
+
+def test_a_verdict_recorded_before_token_counts_were_kept_counts_as_none(converted, cache,
+                                                                          tmp_path):
+    model = tmp_path / "copy.gguf"
+    model.write_bytes(converted("f32").read_bytes())
+    save_engine_verdict(model, timed(short=(1.0, 0.5), typical=(3.0, 1.5)), TOKENS)
+    assert load_engine_verdict(model).engine == "torch"
+    verdicts = cache / "cpu-paths.json"
+    records = json.loads(verdicts.read_text())
+    (key,) = [key for key in records if key.startswith("engine|")]
+    earlier = {name: value for name, value in records[key].items()
+               if name not in ("tokens", "torch_from_tokens")}
+    earlier["seconds"] = {"llama.cpp": 3.0, "torch": 1.5}  # the earlier record's shape
+    for broken in (earlier, {**records[key], "engine": ROUTED},  # routed, no threshold
+                   {**records[key], "tokens": {"short": 327}}):  # a request without tokens
+        verdicts.write_text(json.dumps({key: broken}))
+        assert load_engine_verdict(model) is None
+        chosen = resolve_engine(None, model)
+        assert chosen.name == "llama.cpp" and "doctor --model" in chosen.reason
 
 
 def test_an_unreadable_verdict_file_counts_as_no_measurement(converted, cache):
@@ -540,21 +600,31 @@ def test_doctor_times_both_engines_and_records_the_faster(converted, cache, tmp_
     done = CliRunner().invoke(cli, ["doctor", "--model", str(model), "--threads", "2",
                                     "--json"])
     assert done.exit_code == 0, done.output
-    report = json.loads(done.output)
+    report = json.loads(done.stdout)
     engines = report["engines"]
     assert set(engines) == {"llama.cpp", "torch"}
-    assert engines["torch"]["tokens"] == engines["llama.cpp"]["tokens"] > 500
-    faster = faster_engine({name: timing["request_seconds"] for name, timing in engines.items()})
+    for engine in engines.values():
+        assert set(engine) == set(TIMED_REQUESTS)
+        # A B B A, twice over for the short request
+        assert engine["short"]["runs"] == 4 and engine["typical"]["runs"] == 2
+    for request, least in (("short", 100), ("medium", 500), ("typical", 2000)):
+        assert engines["torch"][request]["tokens"] == engines["llama.cpp"][request]["tokens"] \
+            > least
+    faster, threshold = auto_engine(
+        {request: {name: engines[name][request]["request_seconds"] for name in engines}
+         for request in TIMED_REQUESTS},
+        {request: engines["llama.cpp"][request]["tokens"] for request in TIMED_REQUESTS})
     recorded = load_engine_verdict(model)
     assert recorded.engine == faster and recorded.fingerprint == model_fingerprint(model)
+    assert recorded.torch_from_tokens == threshold
     assert resolve_engine(None, model).name == faster
     with Reranker(model, n_threads=1) as ranker:
         assert ranker.engine.name == ranker.engine_choice.name == faster
-        assert "measured faster" in ranker.engine_choice.reason
+        assert "measured" in ranker.engine_choice.reason
     shown = CliRunner().invoke(cli, ["inspect", str(model), "--json"])
     assert json.loads(shown.output)["engine"]["name"] == faster
     shown = CliRunner().invoke(cli, ["inspect", str(model)])
-    assert f"engine:        {faster} here (measured faster" in shown.output
+    assert f"engine:        {faster} here (measured" in shown.output
 
 
 def test_health_names_the_engine(converted, cache):

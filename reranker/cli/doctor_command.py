@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,17 +15,17 @@ from reranker.cpu_canary import (FAMILIES, CanaryRun, Runner, compare_with_refer
 from reranker.cpu_path import (CpuPath, CpuPathError, extra_path_name, machine_key,
                                resolve_cpu_path, save_verdict, verdicts_file)
 from reranker.cpu_support import CpuInfo, LlamaBuild, read_cpu_info, read_llama_build
-from reranker.engine_choice import TORCH_EXTRA_HINT, save_engine_verdict, torch_available
+from reranker.engine_choice import (ROUTED, TIMED_REQUESTS, TORCH_EXTRA_HINT, TORCH_MARGIN,
+                                    save_engine_verdict, torch_available)
 from reranker.errors import RerankerError
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import resolve_model
 
-# The request --model times: 16 documents of 120 words (about 2,300 tokens), a typical
-# reranking request. The engines' order can turn with length (llama.cpp's attention costs
-# more per token as the prompt grows: on an AVX2 EPYC it was ahead at 800 tokens and
-# 1.3x behind the torch engine at 2,300), so the choice is measured at a realistic one.
-_DOCUMENTS, _DOCUMENT_WORDS = 16, 120
+# --model times each engine on engine_choice.TIMED_REQUESTS, documents made of these
+# words; the short request (about a second each) goes round the engines _SHORT_ROUNDS times.
+_QUERY = "how are candidate passages ordered by relevance"
+_SHORT_ROUNDS = 2
 _WORDS = ("retrieval ranking passage query model relevance search answer context document "
           "evidence language vector index candidate score order list token").split()
 
@@ -91,43 +92,99 @@ def diagnose(folder: Path, *, cpu: CpuInfo | None = None, build: LlamaBuild | No
     return Diagnosis(cpu, build, checks, chosen, working, record_error)
 
 
-def _time_request(model: Path, threads: int | None, engine: str = "llama.cpp") -> dict:
+def _documents(count: int, words: int) -> list[str]:
+    return [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(words)) + "."
+            for i in range(count)]
+
+
+def _load_engines(model: Path, threads: int | None) -> tuple[dict, dict[str, float], str | None]:
+    """A Reranker on each engine installed here, their load seconds, and why torch is
+    missing (None if it loaded)."""
     from reranker import Reranker
 
-    documents = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(_DOCUMENT_WORDS))
-                 + "." for i in range(_DOCUMENTS)]
-    started = time.perf_counter()
-    with Reranker(model, n_threads=threads, engine=engine) as ranker:
-        loaded = time.perf_counter()
-        scored = ranker.score("how are candidate passages ordered by relevance", documents)
-        done = time.perf_counter()
-    return {"model": str(model), "engine": engine,
-            "load_seconds": round(loaded - started, 3),
-            "request_seconds": round(done - loaded, 3), "tokens": scored.total_tokens,
-            "documents": len(documents), "path": ranker.cpu_path.name}
+    rankers, loads = {}, {}
+    engines = ["llama.cpp"] + (["torch"] if torch_available() else [])
+    for engine in engines:
+        started = time.perf_counter()
+        try:
+            rankers[engine] = Reranker(model, n_threads=threads, engine=engine)
+        except RerankerError as error:  # e.g. a weight type gguf-py cannot dequantize
+            if engine == "llama.cpp":
+                raise
+            return rankers, loads, f"the torch engine cannot run this file: {error}"
+        loads[engine] = round(time.perf_counter() - started, 3)
+    missing = None if "torch" in rankers else f"PyTorch is not installed: {TORCH_EXTRA_HINT}"
+    return rankers, loads, missing
+
+
+def _time_requests(rankers: dict, loads: dict[str, float], model: Path) -> dict[str, dict]:
+    """Each of TIMED_REQUESTS on every engine, by engine and request name.
+
+    The engines take turns in A B B A order (twice over for the short request), each
+    engine's time the mean of its runs, so a drift of the machine's speed during the
+    measurement (25% within an hour on a shared VM) falls on both alike. Every engine
+    first scores each shorter request once untimed: first-call costs (llama.cpp's
+    context for a longer prompt, PyTorch's kernel set-up) are not a request's.
+    """
+    order = [*rankers, *reversed(rankers)]
+    longest = list(TIMED_REQUESTS)[-1]  # they are declared shortest first
+    timings: dict[str, dict] = {engine: {} for engine in rankers}
+    for request, (count, words) in TIMED_REQUESTS.items():
+        documents = _documents(count, words)
+        if request != longest:
+            for ranker in rankers.values():
+                ranker.score(_QUERY, documents)
+        runs: dict[str, list[float]] = {engine: [] for engine in rankers}
+        for engine in order * (_SHORT_ROUNDS if request == "short" else 1):
+            began = time.perf_counter()
+            scored = rankers[engine].score(_QUERY, documents)
+            runs[engine].append(time.perf_counter() - began)
+        for engine, seconds in runs.items():
+            timings[engine][request] = {
+                "model": str(model), "engine": engine, "request": request,
+                "load_seconds": loads[engine], "runs": len(seconds),
+                "request_seconds": round(statistics.fmean(seconds), 3),
+                "tokens": scored.total_tokens, "documents": count,
+                "path": rankers[engine].cpu_path.name}
+    return timings
 
 
 def _time_engines(model: Path, threads: int | None) -> tuple[dict[str, dict], str]:
-    """Time the request on each engine installed here and record the faster for `auto`.
+    """Time the requests on each engine installed here and record what auto takes.
 
-    Returns the timings by engine and a line saying what was recorded (or why not).
+    Returns the timings by engine and request, and a line saying what was recorded (or
+    why not).
     """
-    timings = {"llama.cpp": _time_request(model, threads)}
-    if not torch_available():
-        return timings, f"llama.cpp (PyTorch is not installed: {TORCH_EXTRA_HINT})"
-    torch_failure = None
+    click.echo(f"timing {', '.join(TIMED_REQUESTS)} requests on each engine (a few "
+               "minutes)...", err=True)
+    rankers, loads, torch_missing = _load_engines(model, threads)
     try:
-        timings["torch"] = _time_request(model, threads, "torch")
-    except RerankerError as error:  # e.g. a weight type gguf-py cannot dequantize
-        torch_failure = f"the torch engine cannot run this file: {error}"
-    seconds = {name: timing["request_seconds"] for name, timing in timings.items()}
+        for ranker in rankers.values():
+            ranker.score(_QUERY, _documents(1, 8))
+        timings = _time_requests(rankers, loads, model)
+    finally:
+        for ranker in rankers.values():
+            ranker.close()
+    if torch_missing and not torch_available():
+        return timings, f"llama.cpp ({torch_missing})"
+    seconds = {request: {engine: by_request[request]["request_seconds"]
+                         for engine, by_request in timings.items()}
+               for request in TIMED_REQUESTS}
+    tokens = {request: timing["tokens"] for request, timing in timings["llama.cpp"].items()}
     try:
-        verdict = save_engine_verdict(model, seconds)  # llama.cpp alone if torch failed
+        verdict = save_engine_verdict(model, seconds, tokens)  # llama.cpp if torch failed
     except OSError as error:
         return timings, f"not recorded in {verdicts_file()}: {error}"
-    if torch_failure:
-        return timings, f"{verdict.engine} ({torch_failure})"
-    return timings, f"{verdict.engine} is faster here; auto takes it for this file"
+    if torch_missing:
+        return timings, f"{verdict.engine} ({torch_missing})"
+    if verdict.engine == "torch":
+        return timings, "torch is faster here on every request; auto takes it for this file"
+    if verdict.engine == ROUTED:
+        return timings, (f"{ROUTED}: auto loads both engines for this file (the memory of "
+                         f"both) and gives prompts of {verdict.torch_from_tokens} tokens or "
+                         "more to torch, shorter ones to llama.cpp")
+    return timings, (f"llama.cpp: torch is not at least {TORCH_MARGIN}x faster on the "
+                     "longest request; auto keeps llama.cpp for this file")
 
 
 def _report(diagnosis: Diagnosis) -> list[str]:
@@ -171,9 +228,10 @@ def _report(diagnosis: Diagnosis) -> list[str]:
 
 
 @click.command()
-@click.option("--model", "-m", "model", help="Also time one real request (16 documents of "
-              "120 words) on this GGUF file, directory or model name, on each engine "
-              "(llama.cpp, and torch if installed), and record the faster for --engine auto.")
+@click.option("--model", "-m", "model", help="Also time three requests (4 documents of 30 "
+              "words, 10 of 50, 16 of 120) on this GGUF file, directory or model name, on "
+              "each engine (llama.cpp, and torch if installed), and record for --engine auto "
+              "the engine that is faster at each length.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for --model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON.")
 def doctor(model: str | None, threads: int | None, as_json: bool) -> None:
@@ -208,7 +266,7 @@ def doctor(model: str | None, threads: int | None, as_json: bool) -> None:
         out = diagnosis.to_dict()
         out["verdicts_file"] = str(verdicts_file())
         if timings:
-            out["request"] = timings["llama.cpp"]
+            out["request"] = timings["llama.cpp"]["typical"]
             out["engines"] = timings
             out["engine"] = engine_line
         click.echo(json.dumps(out, indent=2))
@@ -219,10 +277,13 @@ def doctor(model: str | None, threads: int | None, as_json: bool) -> None:
             click.echo(f"warning: {diagnosis.record_error}", err=True)
         elif diagnosis.build.extra_buffer_types:
             click.echo(f"{'recorded:':12}{verdicts_file()}")
-        for timing in timings.values():
-            click.echo(f"{'request:':12}{timing['documents']} documents, {timing['tokens']} "
-                       f"tokens in {timing['request_seconds']:.2f} s on {timing['engine']}, "
-                       f"CPU path {timing['path']} (load {timing['load_seconds']:.2f} s)")
+        for by_request in timings.values():
+            for timing in by_request.values():
+                runs = f", mean of {timing['runs']}" if timing["runs"] > 1 else ""
+                click.echo(f"{'request:':12}{timing['request']}: {timing['documents']} "
+                           f"documents, {timing['tokens']} tokens in "
+                           f"{timing['request_seconds']:.2f} s on {timing['engine']}{runs}, "
+                           f"CPU path {timing['path']} (load {timing['load_seconds']:.2f} s)")
         if engine_line:
             click.echo(f"{'engine:':12}{engine_line}")
     if not diagnosis.working:

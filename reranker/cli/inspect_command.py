@@ -36,7 +36,8 @@ def inspect(model: str | None, as_json: bool) -> None:
         cpu_path = resolve_cpu_path()
         info["cpu_path"] = {"name": cpu_path.name, "reason": cpu_path.reason}
         engine = resolve_engine(None, model_path)
-        info["engine"] = {"name": engine.name, "reason": engine.reason}
+        info["engine"] = {"name": engine.name, "reason": engine.reason,
+                          "torch_from_tokens": engine.torch_from_tokens}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

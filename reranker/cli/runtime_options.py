@@ -25,6 +25,6 @@ cpu_path_option = click.option(
 engine_option = click.option(
     "--engine", type=click.Choice(ENGINES), default=None,
     help="What runs the model: llama.cpp, torch (PyTorch on the same GGUF; pip install "
-         "'reranker[torch]') or auto: the one `reranker-cli doctor --model FILE` measured "
-         f"as faster for this file on this machine, else llama.cpp. Default: ${ENGINE_ENV_VAR} "
-         "or auto.")
+         "'reranker[torch]') or auto: what `reranker-cli doctor --model FILE` measured as "
+         "faster for this file on this machine (torch, llama.cpp, or both with prompts routed "
+         f"by length), else llama.cpp. Default: ${ENGINE_ENV_VAR} or auto.")

@@ -85,7 +85,7 @@ class RerankerPool:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rerank")
         self.workers, self.queue_size, self.queue_timeout = workers, queue_size, queue_timeout
         self.cpu_path = self._all[0].cpu_path.name  # the weight layout the workers loaded
-        self.engine = self._all[0].engine.name  # llama.cpp or torch
+        self.engine = self._all[0].engine.name  # llama.cpp, torch or llama.cpp+torch
         self.admitted = 0  # running + waiting; only touched on the event loop thread
         self.running = 0
 

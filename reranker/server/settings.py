@@ -38,7 +38,7 @@ class ServerSettings:
     threads: int | None = None  # CPU threads in all, shared among the workers
     block_tokens: int = BLOCK_TOKENS  # token budget of one block (the published default)
     cpu_path: str | None = None  # llama.cpp's weight layout; None: $RERANKER_CPU_PATH or auto
-    engine: str | None = None  # llama.cpp or torch; None: $RERANKER_ENGINE or auto
+    engine: str | None = None  # auto, llama.cpp or torch; None: $RERANKER_ENGINE or auto
     queue_size: int = 16  # requests that may wait for a worker; beyond: 429
     queue_timeout: float = 60.0  # seconds a request may wait before a 503
     max_documents: int = 1000

@@ -627,6 +627,24 @@ def test_doctor_times_both_engines_and_records_the_faster(converted, cache, tmp_
     assert f"engine:        {faster} here (measured" in shown.output
 
 
+@pytest.mark.slow  # doctor's child processes and the timed requests
+def test_doctor_without_torch_times_llama_cpp_alone_and_records_nothing(converted, cache,
+                                                                        tmp_path, monkeypatch):
+    # The stand-in: PyTorch reported as not installed (it is, for the other tests).
+    monkeypatch.setattr("reranker.cli.doctor_command.torch_available", lambda: False)
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(converted("q8_0").read_bytes())
+    done = CliRunner().invoke(cli, ["doctor", "--model", str(model), "--threads", "2",
+                                    "--json"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout)
+    assert set(report["engines"]) == {"llama.cpp"}
+    runs = {request: timing["runs"] for request, timing in report["engines"]["llama.cpp"].items()}
+    assert runs == {"short": 2, "medium": 1, "typical": 1}  # no turns to take alone
+    assert "PyTorch is not installed" in report["engine"] and "reranker[torch]" in report["engine"]
+    assert load_engine_verdict(model) is None  # nothing measured against: auto stays llama.cpp
+
+
 def test_health_names_the_engine(converted, cache):
     from fastapi.testclient import TestClient
 

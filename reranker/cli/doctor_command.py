@@ -120,13 +120,13 @@ def _load_engines(model: Path, threads: int | None) -> tuple[dict, dict[str, flo
 def _time_requests(rankers: dict, loads: dict[str, float], model: Path) -> dict[str, dict]:
     """Each of TIMED_REQUESTS on every engine, by engine and request name.
 
-    The engines take turns in A B B A order (twice over for the short request), each
+    Two engines take turns in A B B A order (twice over for the short request), each
     engine's time the mean of its runs, so a drift of the machine's speed during the
     measurement (25% within an hour on a shared VM) falls on both alike. Every engine
     first scores each shorter request once untimed: first-call costs (llama.cpp's
     context for a longer prompt, PyTorch's kernel set-up) are not a request's.
     """
-    order = [*rankers, *reversed(rankers)]
+    order = [*rankers, *reversed(rankers)] if len(rankers) > 1 else list(rankers)
     longest = list(TIMED_REQUESTS)[-1]  # they are declared shortest first
     timings: dict[str, dict] = {engine: {} for engine in rankers}
     for request, (count, words) in TIMED_REQUESTS.items():

@@ -359,3 +359,57 @@ def test_a_model_no_replica_can_load_fails_the_job_with_its_reason(local_ray, ru
         f"Error: the Ray job failed: reranker.errors.ModelFileError: {bad} is not a GGUF "
         "file (bad magic bytes)")
     assert not out.exists() and not list(tmp_path.glob(".out.jsonl.*"))
+
+
+def _raylet_pids() -> set[int]:
+    """The raylet processes on this machine (one per running Ray instance)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as file:
+                    if b"raylet" in file.read().split(b"\0")[0]:
+                        pids.add(int(entry))
+            except OSError:  # gone meanwhile
+                pass
+    return pids
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_job_leaves_no_output_and_stops_its_ray(converted, tmp_path):
+    """The real command, interrupted as Ctrl-C interrupts it (SIGINT) while answers are
+    being written: it exits non-zero, leaves neither the output nor its temporary file,
+    and stops the Ray instance it started."""
+    import time
+
+    batch = _batch_file(tmp_path, _requests(4000))  # long enough to be caught mid-job
+    output = tmp_path / "answers.jsonl"
+    log = tmp_path / "stderr.txt"  # a file: Ray's progress could fill a pipe and stall it
+    before = _raylet_pids()
+    with open(log, "wb") as stderr:
+        job = subprocess.Popen([sys.executable, "-m", "reranker.cli.main", "rerank", "-m",
+                                str(converted("q8_0")), "--batch", str(batch), "--ray",
+                                "--replicas", "1", "--output", str(output)],
+                               stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob(".answers.jsonl.*.tmp")):  # writing has begun
+            assert job.poll() is None, log.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "the job never started writing"
+            time.sleep(0.2)
+        started = _raylet_pids() - before
+        assert started, "the command's own Ray instance is not running"
+        time.sleep(2)
+        assert job.poll() is None, "the job ended before it could be interrupted"
+        job.send_signal(signal.SIGINT)
+        returncode = job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert returncode != 0, log.read_text(errors="replace")[-2000:]
+    assert "Traceback" not in log.read_text(errors="replace")
+    assert not output.exists() and not list(tmp_path.glob(".answers.jsonl.*"))
+    deadline = time.monotonic() + 60
+    while _raylet_pids() & started and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _raylet_pids() & started, "the command's Ray instance outlived it"

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import threading
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -593,14 +594,20 @@ def test_an_engine_the_environment_names_wrongly_is_one_line(converted, cache, m
     assert "engine 'onnx' (from RERANKER_ENGINE)" in done.output
 
 
-@pytest.mark.slow  # doctor's child processes and a timed request per engine
-def test_doctor_times_both_engines_and_records_the_faster(converted, cache, tmp_path):
+def doctor_on_a_copy(converted, tmp_path) -> tuple[Path, dict]:
+    """`doctor --model --json` on a fresh copy of the tiny q8_0 model (so no other test's
+    verdict applies to it): the copy and doctor's report."""
     model = tmp_path / "tiny.gguf"
     model.write_bytes(converted("q8_0").read_bytes())
     done = CliRunner().invoke(cli, ["doctor", "--model", str(model), "--threads", "2",
                                     "--json"])
     assert done.exit_code == 0, done.output
-    report = json.loads(done.stdout)
+    return model, json.loads(done.stdout)
+
+
+@pytest.mark.slow  # doctor's child processes and a timed request per engine
+def test_doctor_times_both_engines_and_records_the_faster(converted, cache, tmp_path):
+    model, report = doctor_on_a_copy(converted, tmp_path)
     engines = report["engines"]
     assert set(engines) == {"llama.cpp", "torch"}
     for engine in engines.values():
@@ -632,12 +639,7 @@ def test_doctor_without_torch_times_llama_cpp_alone_and_records_nothing(converte
                                                                         tmp_path, monkeypatch):
     # The stand-in: PyTorch reported as not installed (it is, for the other tests).
     monkeypatch.setattr("reranker.cli.doctor_command.torch_available", lambda: False)
-    model = tmp_path / "tiny.gguf"
-    model.write_bytes(converted("q8_0").read_bytes())
-    done = CliRunner().invoke(cli, ["doctor", "--model", str(model), "--threads", "2",
-                                    "--json"])
-    assert done.exit_code == 0, done.output
-    report = json.loads(done.stdout)
+    model, report = doctor_on_a_copy(converted, tmp_path)
     assert set(report["engines"]) == {"llama.cpp"}
     runs = {request: timing["runs"] for request, timing in report["engines"]["llama.cpp"].items()}
     assert runs == {"short": 2, "medium": 1, "typical": 1}  # no turns to take alone

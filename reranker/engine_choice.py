@@ -21,7 +21,7 @@ import hashlib
 import importlib.util
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from reranker.cpu_path import load_entry, machine_key, save_entry
@@ -213,10 +213,5 @@ def save_engine_verdict(model_path: Path, seconds: dict[str, dict[str, float]],
                             {request: dict(by_engine) for request, by_engine in seconds.items()},
                             {request: tokens[request] for request in seconds},
                             time.strftime("%Y-%m-%d %H:%M:%S"), threshold)
-    save_entry(_verdict_key(model_path), {"engine": verdict.engine,
-                                          "fingerprint": verdict.fingerprint,
-                                          "seconds": verdict.seconds,
-                                          "tokens": verdict.tokens,
-                                          "torch_from_tokens": threshold,
-                                          "checked_at": verdict.checked_at})
+    save_entry(_verdict_key(model_path), asdict(verdict))  # the record load_engine_verdict reads
     return verdict

@@ -83,8 +83,8 @@ class RerankRequest(BaseModel):
     top_n: StrictInt | None = Field(default=None, ge=TOP_N_MINIMUM)
     return_documents: StrictBool = True
     instruction: Text | None = None
-    # Cohere's: documents are always cut at the model's own limit (2048 tokens as
-    # published); `check_against_model` refuses a smaller cap, a larger one changes nothing.
+    # Cohere's: each document is cut at this many tokens. Documents are always cut at the
+    # model's own limit (2048 tokens as published), so a larger cap changes nothing.
     max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)
 
     def document_texts(self) -> list[str]:
@@ -240,17 +240,6 @@ def invalid_request(errors: Sequence[Mapping]) -> RequestError:
     return RequestError(message, field=field)
 
 
-def check_against_model(ranker: Reranker, request: RerankRequest) -> None:
-    """What only the loaded model can decide: a Cohere `max_tokens_per_doc` below the
-    model's document limit cannot be honoured, so it is refused rather than ignored."""
-    cap = request.max_tokens_per_doc
-    if cap is not None and cap < ranker.max_doc_tokens:
-        raise RequestError(f"max_tokens_per_doc: {cap} is below this model's document limit "
-                           f"of {ranker.max_doc_tokens} tokens, which every document is cut "
-                           f"at; send at least {ranker.max_doc_tokens} or leave it out",
-                           field="max_tokens_per_doc")
-
-
 def model_id(model_path: Path) -> str:
     """The model name an answer carries unless a server is told another (`serve
     --model-name`): the file's name without `.gguf`, as `/v1/models` lists it."""
@@ -295,7 +284,7 @@ def answer_request(ranker: Reranker, request: RerankRequest | Mapping, *,
     """
     if not isinstance(request, RerankRequest):
         request = parse_request(request)
-    check_against_model(ranker, request)
     scored = ranker.score(request.query, request.document_texts(),
-                          instruction=request.instruction, should_stop=should_stop)
+                          instruction=request.instruction, should_stop=should_stop,
+                          max_doc_tokens=request.max_tokens_per_doc)
     return rerank_response(request, scored, model_name or model_id(ranker.model_path))

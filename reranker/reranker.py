@@ -146,39 +146,46 @@ class Reranker:
 
     # -- public API -------------------------------------------------------------
     def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
-               instruction: str | None = None,
-               return_embeddings: bool = False) -> list[RerankResult]:
-        """Documents sorted by relevance, best first; the caller's list is not changed."""
+               instruction: str | None = None, return_embeddings: bool = False,
+               max_doc_tokens: int | None = None) -> list[RerankResult]:
+        """Documents sorted by relevance, best first; the caller's list is not changed.
+
+        `max_doc_tokens` cuts every document of this call at that many tokens when it is
+        below the Reranker's own `max_doc_tokens` (Cohere's `max_tokens_per_doc`).
+        """
         _check_top_n(top_n)
         docs = _document_list(documents)
-        scored = self.score(query, docs, instruction=instruction)
+        scored = self.score(query, docs, instruction=instruction, max_doc_tokens=max_doc_tokens)
         return rank_scores(scored, docs, top_n=top_n, return_embeddings=return_embeddings)
 
     def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
-              should_stop: Callable[[], bool] | None = None) -> Scores:
+              should_stop: Callable[[], bool] | None = None,
+              max_doc_tokens: int | None = None) -> Scores:
         """Scores and embeddings in input order (the primitive `rerank` sorts).
 
         `should_stop` (e.g. `threading.Event().is_set`) is asked between blocks and, from
         llama.cpp's decoding thread, during each decode: once it answers true the call
-        raises RerankerCancelled within about one graph operation.
+        raises RerankerCancelled within about one graph operation. `max_doc_tokens` as in
+        `rerank`.
         """
-        docs = _checked_inputs(query, documents, instruction)
+        docs = _checked_inputs(query, documents, instruction, max_doc_tokens)
         with self._lock:
             self._check_open()  # an empty list too: a closed Reranker answers nothing
-            return self._score(self._planner.plan(query, docs, instruction), should_stop)
+            plan = self._planner.plan(query, docs, instruction, max_doc_tokens)
+            return self._score(plan, should_stop)
 
-    def plan(self, query: str, documents: Sequence[str], *,
-             instruction: str | None = None) -> ScoringPlan:
+    def plan(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+             max_doc_tokens: int | None = None) -> ScoringPlan:
         """The prompts `score` would decode: blocks with their token ids and marker positions.
 
         Also each text's token count after truncation (`input_tokens`, what a server's
         token limit caps). Raises InputTooLongError for a query or instruction that leaves
         no room for a document, as `score` does, before anything is decoded.
         """
-        docs = _checked_inputs(query, documents, instruction)
+        docs = _checked_inputs(query, documents, instruction, max_doc_tokens)
         with self._lock:
             self._check_open()
-            return self._planner.plan(query, docs, instruction)
+            return self._planner.plan(query, docs, instruction, max_doc_tokens)
 
     def score_plan(self, plan: ScoringPlan, *,
                    should_stop: Callable[[], bool] | None = None) -> Scores:
@@ -304,10 +311,15 @@ def _document_list(documents) -> list[str]:
                     f"(a list or tuple of texts){hint}")
 
 
-def _checked_inputs(query, documents, instruction) -> list[str]:
+def _checked_inputs(query, documents, instruction, max_doc_tokens) -> list[str]:
     _check_text("query", query)
     if instruction is not None:
         _check_text("instruction", instruction)
+    if max_doc_tokens is not None and (isinstance(max_doc_tokens, bool)
+                                       or not isinstance(max_doc_tokens, int)
+                                       or max_doc_tokens < 1):
+        raise ValueError(f"max_doc_tokens must be a positive integer or None, "
+                         f"got {max_doc_tokens!r}")
     return _document_list(documents)
 
 

@@ -143,19 +143,23 @@ class PromptPlanner:
             ids += self.encode("".join(pending))
         return ids, doc_positions, query_position
 
-    def plan(self, query: str, documents: Sequence[str],
-             instruction: str | None = None) -> ScoringPlan:
+    def plan(self, query: str, documents: Sequence[str], instruction: str | None = None,
+             max_doc_tokens: int | None = None) -> ScoringPlan:
+        """`max_doc_tokens` cuts documents shorter than the limits do for this one plan
+        (Cohere's `max_tokens_per_doc`); it never lengthens them."""
         limits = self.limits
+        doc_limit = (limits.max_doc_tokens if max_doc_tokens is None
+                     else min(max_doc_tokens, limits.max_doc_tokens))
         cut_query, query_tokens = self.truncate(remove_markers(query), limits.max_query_tokens)
         if instruction is not None:
             instruction = remove_markers(instruction)
         docs, lengths = [], []
         for document in documents:
-            tokenized, length = self.truncate(remove_markers(document), limits.max_doc_tokens)
+            tokenized, length = self.truncate(remove_markers(document), doc_limit)
             docs.append(tokenized)
             lengths.append(length)
         groups = plan_blocks(lengths, query_tokens, max_length=limits.block_tokens,
-                             block_size=limits.block_size, max_doc_length=limits.max_doc_tokens)
+                             block_size=limits.block_size, max_doc_length=doc_limit)
         blocks: list[PlannedBlock] = []
         queue = list(reversed(groups))
         while queue:

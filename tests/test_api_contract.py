@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -52,8 +53,13 @@ EDGE_CASES = [
     (ok(documents=[DOCS[0], "half a pair \ud800"]), ("error", "invalid_request", "documents.1")),
     (ok(query="\udfff"), ("error", "invalid_request", "query")),
     (ok(max_tokens_per_doc=4096), ("ok", 3, True)),  # above the model's 2048: no effect
-    (ok(max_tokens_per_doc=100), ("error", "invalid_request", "max_tokens_per_doc")),
+    (ok(max_tokens_per_doc=100), ("ok", 3, True)),  # longer than every document: no effect
+    (ok(max_tokens_per_doc=3), ("ok", 3, True)),  # each document cut at 3 tokens
     (ok(max_tokens_per_doc=0), ("error", "invalid_request", "max_tokens_per_doc")),
+    (ok(max_tokens_per_doc=-5), ("error", "invalid_request", "max_tokens_per_doc")),
+    (ok(max_tokens_per_doc=True), ("error", "invalid_request", "max_tokens_per_doc")),
+    (ok(max_tokens_per_doc=1.5), ("error", "invalid_request", "max_tokens_per_doc")),
+    (ok(max_tokens_per_doc="100"), ("error", "invalid_request", "max_tokens_per_doc")),
     (["a list"], ("error", "invalid_request", None)),
 ]
 
@@ -113,7 +119,8 @@ def _check(answer: dict, expected, body, ranker) -> None:
     _, count, with_documents = expected
     texts = [d if isinstance(d, str) else d["text"] for d in body["documents"]]
     # Expected scores from the Reranker's primitive, not from the contract's code.
-    scores = ranker.score(body["query"], texts, instruction=body.get("instruction")).scores
+    scores = ranker.score(body["query"], texts, instruction=body.get("instruction"),
+                          max_doc_tokens=body.get("max_tokens_per_doc")).scores
     results = answer["results"]
     assert len(results) == count
     assert sorted(scores, reverse=True)[:count] == pytest.approx(
@@ -152,6 +159,7 @@ def test_the_cli_the_server_and_the_library_give_the_same_answer(case, client, b
     (["--top-n", "1"], ("ok", 1, True)),
     (["--top-n", "99"], ("ok", 3, True)),
     (["--no-documents"], ("ok", 3, False)),
+    (["--max-tokens-per-doc", "3"], ("ok", 3, True)),
 ])
 def test_rerank_json_answers_as_the_server_does(model, ranker, client, args, expected):
     done = CliRunner().invoke(cli, ["rerank", "-m", str(model), "-q", QUERY, "--json",
@@ -162,6 +170,8 @@ def test_rerank_json_answers_as_the_server_does(model, ranker, client, args, exp
         body["top_n"] = int(args[1])
     if "--no-documents" in args:
         body["return_documents"] = False
+    if "--max-tokens-per-doc" in args:
+        body["max_tokens_per_doc"] = int(args[1])
     answer = json.loads(done.stdout)
     _check(answer, expected, body, ranker)
     served = client.post("/v1/rerank", json=body).json()
@@ -169,13 +179,13 @@ def test_rerank_json_answers_as_the_server_does(model, ranker, client, args, exp
 
 
 @pytest.mark.parametrize("args", [["--top-n", "0"], ["--top-n", "-1"], ["--top-n", "true"],
-                                  ["-q", ""]])
+                                  ["-q", ""], ["--max-tokens-per-doc", "0"]])
 def test_rerank_json_refuses_what_the_server_refuses(model, args):
     query = [] if "-q" in args else ["-q", QUERY]
     done = CliRunner().invoke(cli, ["rerank", "-m", str(model), *query, "--json", "-d", "a",
                                     *args])
     assert done.exit_code == 2, done.output
-    assert ("--top-n" if "--top-n" in args else "--query") in done.output
+    assert (args[0] if args[0] != "-q" else "--query") in done.output
     assert "Traceback" not in done.output
 
 
@@ -212,6 +222,23 @@ def test_v2_answers_in_cohere_v2_shape(client, ranker):
         sorted(scores, reverse=True)[:2], abs=1e-6)
     refused = client.post("/v2/rerank", json=ok(top_n=0))
     assert refused.status_code == 422 and refused.json()["error"]["field"] == "top_n"
+
+
+def test_max_tokens_per_doc_scores_each_document_cut_to_that_many_tokens(client, ranker):
+    """As Cohere's v2 client sends it: the answer is that of the documents' first 2 tokens."""
+    engine = ranker.engine
+    cut = [engine.detokenize(engine.tokenize(doc)[:2]) for doc in DOCS]
+    assert all(len(c) < len(doc) for c, doc in zip(cut, DOCS))
+    expected = ranker.score(QUERY, cut).scores
+    assert not np.allclose(expected, ranker.score(QUERY, DOCS).scores, atol=1e-3)
+    whole = client.post("/v2/rerank", json=ok()).json()
+    response = client.post("/v2/rerank", json=ok(max_tokens_per_doc=2))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert {r["index"]: r["relevance_score"] for r in body["results"]} == pytest.approx(
+        dict(enumerate(expected)), abs=1e-6)
+    assert (body["meta"]["tokens"]["input_tokens"]
+            < whole["meta"]["tokens"]["input_tokens"])
 
 
 def test_tei_body_on_rerank_gets_tei_ranks(client, ranker):

@@ -347,7 +347,7 @@ def test_batch_answers_every_line_and_counts_the_failures(runner, short_context_
 def test_batch_refuses_options_it_would_ignore(runner, converted, tmp_path):
     batch = tmp_path / "batch.jsonl"
     batch.write_text(json.dumps({"query": "q", "documents": DOCS}) + "\n")
-    for option in (["--top-n", "1"], ["--instruction", "x"]):
+    for option in (["--top-n", "1"], ["--instruction", "x"], ["--max-tokens-per-doc", "9"]):
         done = runner.invoke(cli, ["rerank", "-m", str(converted("q8_0")), "--batch", str(batch),
                                    *option])
         assert done.exit_code == 2 and "--batch takes each request's" in done.output

@@ -68,6 +68,22 @@ def test_truncated_documents_and_query(converted, reference):
     np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
 
 
+def test_a_call_cuts_documents_shorter_as_published(ranker_for, reference):
+    """Cohere's max_tokens_per_doc: one call's cap, the published max_doc_length."""
+    long_doc = " ".join(MULTILINGUAL) * 6
+    docs = [long_doc, "short one", long_doc[::-1]]
+    ranker = ranker_for("f32")
+    assert ranker.plan(QUERY, docs, max_doc_tokens=100).document_tokens == (100, 2, 100)
+    ours = ranker.score(QUERY, docs, max_doc_tokens=100)
+    expected = reference.scores(QUERY, docs, max_doc_length=100)
+    np.testing.assert_allclose(ours.scores, expected, atol=1e-4, rtol=0)
+    # the cap is for that call only, and never above the Reranker's own limit
+    np.testing.assert_allclose(ranker.score(QUERY, docs).scores, reference.scores(QUERY, docs),
+                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ranker.score(QUERY, docs, max_doc_tokens=10**6).scores,
+                               reference.scores(QUERY, docs), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("long_doc", [
     " ".join(f"token{i}" for i in range(1500)),  # well over 2048 tokens
     LONG_TOKENS["padded table"],  # and over 16 bytes a token: once cut to ""

@@ -56,6 +56,13 @@ def test_bad_top_n(ranker_for, bad_top_n):
         ranker_for("q8_0").rerank("q", DOCS, top_n=bad_top_n)
 
 
+@pytest.mark.parametrize("method", ["rerank", "score", "plan"])
+@pytest.mark.parametrize("bad_cap", [0, -1, 1.5, "3", True])
+def test_bad_max_doc_tokens_per_call(ranker_for, method, bad_cap):
+    with pytest.raises(ValueError, match=f"max_doc_tokens .*{bad_cap!r}"):
+        getattr(ranker_for("q8_0"), method)("q", DOCS, max_doc_tokens=bad_cap)
+
+
 def test_non_string_document_names_its_index(ranker_for):
     with pytest.raises(TypeError, match=r"documents\[2\] is int"):
         ranker_for("q8_0").rerank("q", ["a", "b", 3])

@@ -38,14 +38,18 @@ def _table(results: list[RerankResultItem]) -> str:
 @click.option("--documents-file", "-f", type=click.File("rb"),
               help="Documents, one per line or JSON Lines with a \"text\" field; - for stdin.")
 @click.option("--batch", "batch_file", type=click.File("rb"),
-              help="JSON Lines of {\"query\", \"documents\", \"top_n\"?, \"instruction\"?}; "
-                   "writes one JSON response per line.")
+              help="JSON Lines of rerank requests ({\"query\", \"documents\", \"top_n\"?, "
+                   "\"instruction\"?, \"max_tokens_per_doc\"?}); writes one JSON response "
+                   "per line.")
 @click.option("--model", "-m", help=MODEL_HELP)
 @click.option("--projector", type=click.Path(dir_okay=False, path_type=Path),
               help="projector.safetensors for a backbone GGUF without one.")
 @click.option("--top-n", "-n", type=click.IntRange(min=TOP_N_MINIMUM),
               help="Only the best N results.")
 @click.option("--instruction", "-i", help="Extra ranking instruction placed in the prompt.")
+@click.option("--max-tokens-per-doc", type=click.IntRange(min=1),
+              help="Cut each document at this many tokens (the model's own limit, 2048, "
+                   "always applies).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all available).")
 @block_tokens_option
 @cpu_path_option
@@ -54,7 +58,7 @@ def _table(results: list[RerankResultItem]) -> str:
 @click.option("--no-documents", is_flag=True, help="Leave document texts out of JSON output.")
 @with_ray_options
 def rerank(query, documents, documents_file, batch_file, model, projector, top_n, instruction,
-           threads, block_tokens, cpu_path, engine, as_json, no_documents, use_ray,
+           max_tokens_per_doc, threads, block_tokens, cpu_path, engine, as_json, no_documents, use_ray,
            ray_address, replicas, threads_per_replica, output) -> None:
     """Rank documents by relevance to a query, best first.
 
@@ -72,10 +76,12 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
     job = ray_job(batch_file, use_ray, ray_address, replicas, threads_per_replica, output,
                   threads)
     if batch_file is not None:
-        if query or documents or documents_file or top_n is not None or instruction is not None:
-            raise click.UsageError("--batch takes each request's query, documents, top_n and "
-                                   "instruction from its file; drop --query, --document, "
-                                   "--documents-file, --top-n and --instruction")
+        if (query or documents or documents_file or top_n is not None
+                or instruction is not None or max_tokens_per_doc is not None):
+            raise click.UsageError("--batch takes each request's query, documents, top_n, "
+                                   "instruction and max_tokens_per_doc from its file; drop "
+                                   "--query, --document, --documents-file, --top-n, "
+                                   "--instruction and --max-tokens-per-doc")
         if job is not None:
             from reranker.cli.ray_batch import run_ray_batch
 
@@ -104,6 +110,7 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
         try:
             request = parse_request({"query": query, "documents": docs, "top_n": top_n,
                                      "instruction": instruction,
+                                     "max_tokens_per_doc": max_tokens_per_doc,
                                      "return_documents": not (as_json and no_documents)})
         except RequestError as e:
             raise click.ClickException(e.message) from None

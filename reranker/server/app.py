@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from reranker import Reranker, RerankerError, __version__
 from reranker.api_contract import (AnyRerankRequest, CohereV2Response, RequestError,
                                    RerankRequest, RerankResponse, TeiRank, TeiRerankRequest,
-                                   check_against_model, cohere_v2_response, invalid_request,
+                                   cohere_v2_response, invalid_request,
                                    rerank_response, tei_response)
 from reranker.server.errors import ApiError
 from reranker.server.metrics import ServerMetrics
@@ -184,9 +184,9 @@ async def _rerank(body: RerankRequest, request: Request, settings: ServerSetting
                        f"server's limit of {settings.max_documents}", field="documents")
 
     def work(reranker: Reranker, should_stop: Callable[[], bool]):
-        check_against_model(reranker, body)
         # The plan scoring decodes counts the tokens: each text is tokenized once.
-        plan = reranker.plan(body.query, documents, instruction=body.instruction)
+        plan = reranker.plan(body.query, documents, instruction=body.instruction,
+                             max_doc_tokens=body.max_tokens_per_doc)
         if plan.input_tokens > settings.max_tokens:
             raise ApiError(413, "too_many_tokens", f"the query and documents hold "
                            f"{plan.input_tokens} tokens after truncation; this server's limit "

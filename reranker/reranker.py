@@ -131,10 +131,18 @@ class Reranker:
                                        n_ubatch=n_ubatch, flash_attention=flash_attention,
                                        kv_cache_type=kv_cache_type, use_mmap=use_mmap,
                                        cpu_path=cpu_path)
-            if self.engine_choice.name == ROUTED:
+            routed_from = self.engine_choice.torch_from_tokens
+            if self.engine_choice.name == ROUTED and routed_from > self._engine.max_context:
+                # No prompt can be that long here: loading torch would only cost memory.
+                self.engine_choice = Engine("llama.cpp", (
+                    f"{self.engine_choice.reason}; but prompts from {routed_from} tokens go to "
+                    f"torch and the context is capped at {self._engine.max_context}, so "
+                    "llama.cpp alone"))
+                logger.info("engine %s: %s", self.engine_choice.name, self.engine_choice.reason)
+            elif self.engine_choice.name == ROUTED:
                 from reranker.routed_engine import RoutedEngine
 
-                self._engine = RoutedEngine(self._engine, self.engine_choice.torch_from_tokens,
+                self._engine = RoutedEngine(self._engine, routed_from,
                                             n_threads=n_threads, max_context=max_context)
         self.cpu_path = self._engine.cpu_path
         self.projector.check_hidden_size(self._engine.hidden_size)

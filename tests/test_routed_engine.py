@@ -48,6 +48,17 @@ def routed_model(converted, cache, tmp_path):
     return model
 
 
+def test_a_context_below_the_threshold_loads_llama_cpp_alone(routed_model):
+    """No prompt can reach torch when the context is capped below its threshold (200)."""
+    with Reranker(routed_model, n_threads=2, max_context=180) as ranker:
+        assert isinstance(ranker.engine, LlamaEngine)
+        assert ranker.engine_choice.name == "llama.cpp"
+        assert "capped at 180" in ranker.engine_choice.reason
+        assert ranker.score(QUERY, SIXTEEN[:2]).scores.shape == (2,)
+    with Reranker(routed_model, n_threads=2, max_context=200) as ranker:  # 200 can reach it
+        assert isinstance(ranker.engine, RoutedEngine)
+
+
 def test_auto_loads_both_and_routes_by_prompt_length(routed_model):
     short_docs, long_docs = SIXTEEN[:1], SIXTEEN
     with Reranker(routed_model, n_threads=2) as ranker:

@@ -413,3 +413,66 @@ def test_ctrl_c_mid_job_leaves_no_output_and_stops_its_ray(converted, tmp_path):
     while _raylet_pids() & started and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _raylet_pids() & started, "the command's Ray instance outlived it"
+
+
+def _replica_pids() -> set[int]:
+    """The processes of this machine's rerank replicas (Ray names each after its class)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as file:
+                    if b"RerankReplica" in file.read():
+                        pids.add(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.slow
+def test_a_replica_that_keeps_dying_ends_the_job(converted, tmp_path):
+    """A replica killed every time it runs (as the kernel kills one that a request puts
+    out of memory) is restarted a bounded number of times, then the command stops with
+    what to do, instead of restarting it forever (Ray Data's default). The killing is
+    done from outside: no request can be made to kill a replica on demand."""
+    import time
+
+    from reranker.ray import REPLICA_RESTARTS
+
+    batch = _batch_file(tmp_path, _requests(3000))
+    output = tmp_path / "answers.jsonl"
+    log = tmp_path / "stderr.txt"
+    before = _replica_pids()
+    with open(log, "wb") as stderr:
+        job = subprocess.Popen([sys.executable, "-m", "reranker.cli.main", "rerank", "-m",
+                                str(converted("q8_0")), "--batch", str(batch), "--ray",
+                                "--replicas", "1", "--output", str(output)],
+                               stdout=subprocess.DEVNULL, stderr=stderr)
+    killed = set()
+    try:
+        deadline = time.monotonic() + 300
+        # Killed once it answers: a replica that dies while loading ends the job at once.
+        while not list(tmp_path.glob(".answers.jsonl.*.tmp")):
+            assert job.poll() is None, log.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "the job never started writing"
+            time.sleep(0.2)
+        while job.poll() is None:
+            assert time.monotonic() < deadline, f"still running after {len(killed)} kills"
+            for pid in _replica_pids() - before - killed:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.3)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    text = log.read_text(errors="replace")
+    assert job.returncode == 1, text[-2000:]
+    assert 2 <= len(killed) <= REPLICA_RESTARTS + 1
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("Error: a replica's process died") and "--replicas" in last
+    # Ray Data logs the actor's death with its own stack; none of this command's frames.
+    assert "reranker/cli" not in text
+    assert not output.exists() and not list(tmp_path.glob(".answers.jsonl.*"))

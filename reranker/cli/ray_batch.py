@@ -169,6 +169,15 @@ def _ray_session(address: str | None) -> Iterator[int]:
         started = True
     try:
         yield int(ray.cluster_resources().get("CPU", 1)), started
+    except ray.exceptions.ActorDiedError:
+        from reranker.ray import REPLICA_RESTARTS
+
+        raise click.ClickException(
+            f"a replica's process died (while loading the model, or {REPLICA_RESTARTS + 1} "
+            "times while answering), so the job stopped (an --output file is not written). "
+            "Killed by the kernel for memory (see `dmesg`)? "
+            "Each replica holds the KV cache of the longest request it meets: use fewer "
+            "--replicas or a smaller --block-tokens, or split the largest requests") from None
     except ray.exceptions.RayError as e:
         raise click.ClickException(f"the Ray job failed: {_last_line(e)}") from None
     finally:

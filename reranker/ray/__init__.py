@@ -15,7 +15,10 @@ from reranker.ray.columns import ERROR, RESULTS, TOTAL_TOKENS
 from reranker.ray.replica import RerankReplica, ReplicaSettings
 from reranker.reranker import BLOCK_TOKENS, resolve_model_file
 
-__all__ = ["rerank_dataset", "ERROR", "RESULTS", "TOTAL_TOKENS"]
+__all__ = ["rerank_dataset", "ERROR", "RESULTS", "TOTAL_TOKENS", "REPLICA_RESTARTS"]
+
+# How often a replica that died is restarted, and its batch run again, before the job fails.
+REPLICA_RESTARTS = 3
 
 def rerank_dataset(dataset: ray.data.Dataset, model: str | Path, *, replicas: int = 1,
                    threads_per_replica: int = 1, top_n: int | None = None,
@@ -29,7 +32,9 @@ def rerank_dataset(dataset: ray.data.Dataset, model: str | Path, *, replicas: in
 
     `model` is a path every node of the cluster can read (shared storage). A row that
     cannot be scored gets its error ({type, message, field}, as the server answers) and
-    null results; the job goes on. `top_n` and `instruction` apply to rows without
+    null results; the job goes on. A replica that dies (its process killed, out of
+    memory) is restarted and its batch retried up to REPLICA_RESTARTS times; then the
+    job fails with Ray's ActorDiedError. `top_n` and `instruction` apply to rows without
     their own. `stats=True` adds `replica`, `seconds` and `n_documents` (which replica
     answered, in how long, how many documents the request had). Lazy, as every Ray Data
     transform: nothing runs until it is consumed.
@@ -69,10 +74,12 @@ def _rerank(dataset: ray.data.Dataset, model: str | Path, *, replicas: int,
     out = dataset.map_batches(
         RerankReplica, fn_constructor_kwargs={"settings": replica}, batch_format="pyarrow",
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=replicas),
+        num_cpus=threads_per_replica,
         # A replica that dies (killed, out of memory, its node lost) is restarted and its
-        # batches run again: Ray Data's default for actor pools (unbounded restarts and
-        # retries), left as it is, since Ray 2.5x deprecates setting actor options here.
-        num_cpus=threads_per_replica)
+        # batch run again, but not forever as Ray Data's default would: a row that kills
+        # every replica (a prompt too large for the memory) must end the job, not loop.
+        # Ray 2.60 deprecates these actor options here and offers no other place for them.
+        max_restarts=REPLICA_RESTARTS, max_task_retries=REPLICA_RESTARTS)
     # This dataset's own execution options (a copy of the context it was made in): the
     # caller's global DataContext is left as it was.
     out.context.execution_options.preserve_order = True

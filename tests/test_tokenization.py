@@ -1,6 +1,7 @@
 """The GGUF's tokenizer (llama.cpp) gives the ids Hugging Face `tokenizers` gives."""
 from __future__ import annotations
 
+import random
 import unicodedata
 
 import pytest
@@ -8,7 +9,7 @@ from tokenizers import Tokenizer
 
 from reranker.prompt import build_prompt, prompt_text
 from reranker.scoring_plan import PlanLimits, PromptPlanner
-from texts import MARKER_STRINGS, MULTILINGUAL
+from texts import LONG_TOKENS, MARKER_STRINGS, MULTILINGUAL
 
 
 def _encode_prompt(ranker, parts):
@@ -57,3 +58,60 @@ def test_user_text_cannot_inject_control_tokens(ranker_for):
     assert ids.count(151670) == 2 and ids.count(151671) == 1
     # Only the template's own <|im_start|> tokens (system, user, assistant) remain.
     assert ids.count(151644) == 3 and ids.count(151645) == 2
+
+
+def _long_texts() -> dict[str, str]:
+    """Texts of 100k-400k characters, each far over 2048 tokens, where a prefix's end can
+    cut a word, a run of one character or a line of one script."""
+    rng = random.Random(5)
+    letters = "abcdefghijklmnopqrstuvwxyzäöüßéèñ"
+    cjk = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+    return {
+        "one character": "x" * 400_000,
+        "one long word": "".join(rng.choice(letters) for _ in range(300_000)),
+        "CJK without punctuation": "".join(rng.choice(cjk) for _ in range(150_000)),
+        "words": " ".join("".join(rng.choice(letters) for _ in range(rng.randint(1, 12)))
+                          for _ in range(40_000)),
+        "multilingual": "\n".join(MULTILINGUAL) * 600,
+        **{f"long tokens: {name}": text for name, text in LONG_TOKENS.items()},
+    }
+
+
+LONG_TEXTS = _long_texts()
+
+
+class _Recording:
+    """A real engine's tokenizer that notes the longest text it was given."""
+
+    def __init__(self, engine):
+        self.engine, self.longest = engine, 0
+        self.max_context = engine.max_context
+
+    def tokenize(self, text):
+        self.longest = max(self.longest, len(text))
+        return self.engine.tokenize(text)
+
+    def detokenize(self, tokens):
+        return self.engine.detokenize(tokens)
+
+    def special_token_id(self, text):
+        return self.engine.special_token_id(text)
+
+
+@pytest.mark.parametrize("limit", [2048, 512, 3])
+@pytest.mark.parametrize("name", LONG_TEXTS)
+def test_a_long_text_is_cut_as_the_whole_texts_tokens_are(ranker_for, hf_tokenizer, name, limit):
+    """Only the start of a long text is tokenized, and its cut is Hugging Face's."""
+    text = LONG_TEXTS[name]
+    recording = _Recording(ranker_for("q8_0").engine)
+    planner = PromptPlanner(recording, PlanLimits(max_query_tokens=512, max_doc_tokens=2048,
+                                                  block_size=125, block_tokens=131072))
+    expected = hf_tokenizer.encode(text).ids
+    assert len(expected) > limit
+    ids = planner.encode_start(text, limit)
+    assert len(ids) > limit and ids[:limit] == expected[:limit]
+    if len(expected) > 8 * limit:  # (one just over the limit is read to its end)
+        assert recording.longest < len(text)
+    cut, length = planner.truncate(text, limit)
+    assert length == limit
+    assert cut.text == hf_tokenizer.decode(expected[:limit], skip_special_tokens=False)

@@ -179,21 +179,23 @@ class Reranker:
         docs = _checked_inputs(query, documents, instruction, max_doc_tokens)
         with self._lock:
             self._check_open()  # an empty list too: a closed Reranker answers nothing
-            plan = self._planner.plan(query, docs, instruction, max_doc_tokens)
+            plan = self._planner.plan(query, docs, instruction, max_doc_tokens, should_stop)
             return self._score(plan, should_stop)
 
     def plan(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
-             max_doc_tokens: int | None = None) -> ScoringPlan:
+             max_doc_tokens: int | None = None,
+             should_stop: Callable[[], bool] | None = None) -> ScoringPlan:
         """The prompts `score` would decode: blocks with their token ids and marker positions.
 
         Also each text's token count after truncation (`input_tokens`, what a server's
         token limit caps). Raises InputTooLongError for a query or instruction that leaves
-        no room for a document, as `score` does, before anything is decoded.
+        no room for a document, as `score` does, before anything is decoded; and
+        RerankerCancelled once `should_stop` answers true (asked before each document).
         """
         docs = _checked_inputs(query, documents, instruction, max_doc_tokens)
         with self._lock:
             self._check_open()
-            return self._planner.plan(query, docs, instruction, max_doc_tokens)
+            return self._planner.plan(query, docs, instruction, max_doc_tokens, should_stop)
 
     def score_plan(self, plan: ScoringPlan, *,
                    should_stop: Callable[[], bool] | None = None) -> Scores:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import unicodedata
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from reranker.blocks import plan_blocks
-from reranker.errors import InputTooLongError
+from reranker.errors import InputTooLongError, RerankerCancelled
 from reranker.model_format import DOC_MARKER, QUERY_MARKER
 from reranker.prompt import CONTROL_TOKENS, Part, Tokenized, build_prompt, remove_markers
 
@@ -168,9 +168,11 @@ class PromptPlanner:
         return ids, doc_positions, query_position
 
     def plan(self, query: str, documents: Sequence[str], instruction: str | None = None,
-             max_doc_tokens: int | None = None) -> ScoringPlan:
+             max_doc_tokens: int | None = None,
+             should_stop: Callable[[], bool] | None = None) -> ScoringPlan:
         """`max_doc_tokens` cuts documents shorter than the limits do for this one plan
-        (Cohere's `max_tokens_per_doc`); it never lengthens them."""
+        (Cohere's `max_tokens_per_doc`); it never lengthens them. `should_stop` is asked
+        before each document is tokenized (a thousand long ones take seconds)."""
         limits = self.limits
         doc_limit = (limits.max_doc_tokens if max_doc_tokens is None
                      else min(max_doc_tokens, limits.max_doc_tokens))
@@ -178,7 +180,10 @@ class PromptPlanner:
         if instruction is not None:
             instruction = remove_markers(instruction)
         docs, lengths = [], []
-        for document in documents:
+        for done, document in enumerate(documents):
+            if should_stop is not None and should_stop():
+                raise RerankerCancelled(f"stopped while tokenizing, after {done} of "
+                                        f"{len(documents)} documents: should_stop() answered true")
             tokenized, length = self.truncate(remove_markers(document), doc_limit)
             docs.append(tokenized)
             lengths.append(length)

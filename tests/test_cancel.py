@@ -36,12 +36,13 @@ def model(converted):
 
 def test_a_decode_stops_inside_llama_decode(model):
     with Reranker(model, n_threads=2) as ranker:
-        # One short block: one micro-batch, so all but the first call come from llama.cpp's
-        # abort callback, during the decode.
-        stop = CountingStop(at=3)
-        with pytest.raises(RerankerCancelled):
+        # One short block: one micro-batch. The first two calls come before each document
+        # is tokenized, the third before the block, the rest from llama.cpp's abort
+        # callback, during the decode.
+        stop = CountingStop(at=5)
+        with pytest.raises(RerankerCancelled, match="while decoding"):
             ranker.score("q", ["a", "b"], should_stop=stop)
-        assert stop.calls == 3  # nothing was computed after it answered true
+        assert stop.calls == 5  # nothing was computed after it answered true
         assert ranker.score("q", ["a", "b"]).scores.shape == (2,)
 
 
@@ -62,6 +63,16 @@ def test_after_a_cancelled_call_scores_equal_a_fresh_rerankers(model):
             # Shares the long first document with the stopped call: reusing its aborted
             # KV cache would change these scores.
             assert (ranker.score(QUERY, OTHER_DOCS).scores == expected_other).all()
+
+
+@pytest.mark.parametrize("method", ["score", "plan"])
+def test_tokenizing_many_documents_stops_between_them(model, method):
+    with Reranker(model, n_threads=2) as ranker:
+        stop = CountingStop(at=2)
+        with pytest.raises(RerankerCancelled, match="after 1 of 5 documents"):
+            getattr(ranker, method)(QUERY, DOCS[:5], should_stop=stop)
+        assert stop.calls == 2
+        assert ranker.score(QUERY, DOCS[:5]).scores.shape == (5,)
 
 
 def test_an_error_in_should_stop_reaches_the_caller(model):

@@ -186,7 +186,7 @@ async def _rerank(body: RerankRequest, request: Request, settings: ServerSetting
     def work(reranker: Reranker, should_stop: Callable[[], bool]):
         # The plan scoring decodes counts the tokens: each text is tokenized once.
         plan = reranker.plan(body.query, documents, instruction=body.instruction,
-                             max_doc_tokens=body.max_tokens_per_doc)
+                             max_doc_tokens=body.max_tokens_per_doc, should_stop=should_stop)
         if plan.input_tokens > settings.max_tokens:
             raise ApiError(413, "too_many_tokens", f"the query and documents hold "
                            f"{plan.input_tokens} tokens after truncation; this server's limit "

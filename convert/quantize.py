@@ -17,6 +17,7 @@ def run_llama_quantizer(source: Path, destination: Path, target: FileType,
     """
     import llama_cpp
 
+    from reranker.interrupts import run_interruptibly
     from reranker.llama_logging import route_llama_logs, take_last_error
 
     route_llama_logs()
@@ -25,8 +26,12 @@ def run_llama_quantizer(source: Path, destination: Path, target: FileType,
     params.ftype = int(target.ftype)
     params.nthread = n_threads or 0  # 0: llama.cpp uses the hardware's thread count
     # os.fsencode: a file name that is not UTF-8 reaches the C library as its own bytes.
-    status = llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(destination),
-                                            params)
+    # llama.cpp's quantizer cannot be stopped: on Ctrl-C it is left to finish in its own
+    # thread, writing into a temporary file the caller removes (a removed file's writes
+    # go nowhere); waiting for it would hold Ctrl-C up for minutes.
+    status = run_interruptibly(
+        lambda: llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(destination),
+                                               params), wait=False)
     if status != 0:
         reason = take_last_error() or f"status {status}"
         raise ConversionError(f"llama.cpp's quantizer failed to make {target.name}: {reason} "

@@ -21,6 +21,7 @@ from reranker.cpu_path import CpuPath, resolve_cpu_path
 from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
                              RerankerClosedError, RerankerError)
 from reranker.ggml_tensors import copy_f32_rows, tensor_name
+from reranker.interrupts import run_interruptibly
 from reranker.llama_logging import route_llama_logs
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,11 @@ class LlamaEngine:
         # the C pointers, and calling a garbage-collected ctypes callback crashes the process.
         self._eval_callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_eval)
         self._abort_callback = llama_cpp.ggml_abort_callback(self._on_abort)
+        self._progress_callback = llama_cpp.llama_progress_callback(
+            lambda _progress, _user_data: not self._interrupted)
         self._should_stop: Callable[[], bool] | None = None  # the running call's
         self._stop_error: BaseException | None = None  # raised by should_stop inside a decode
+        self._interrupted = False  # Ctrl-C arrived during the running load or decode
 
         route_llama_logs()
         llama_cpp.llama_backend_init()
@@ -102,7 +106,16 @@ class LlamaEngine:
         # those copies (q4_k_m, 16 x 120 words: peak 1078 MB mapped, 876 MB read).
         params.load_mode = (llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap
                             else llama_cpp.LLAMA_LOAD_MODE_NONE)
-        self._model = llama_cpp.llama_model_load_from_file(os.fsencode(self.model_path), params)
+        params.progress_callback = self._progress_callback  # stops a load on Ctrl-C
+        path = os.fsencode(self.model_path)
+
+        def load():
+            model = llama_cpp.llama_model_load_from_file(path, params)
+            if model and self._interrupted:  # loaded as the interrupt came: not kept
+                llama_cpp.llama_model_free(model)
+                return None
+            return model
+        self._model = run_interruptibly(load, stop=self._interrupt)
         if not self._model:
             raise ModelFileError(f"llama.cpp could not load {self.model_path} "
                                  "(run with -v to see its log)")
@@ -228,8 +241,10 @@ class LlamaEngine:
             # holds an unknown part of this prompt, so nothing of it may be reused.
             self._cached_tokens = []
             self._should_stop, self._stop_error = should_stop, None
+            self._interrupted = False
             try:
-                self._decode(tokens, wanted, reused)
+                run_interruptibly(lambda: self._decode(tokens, wanted, reused),
+                                  stop=self._interrupt)
             finally:
                 self._should_stop = None
             self._cached_tokens = list(tokens)
@@ -293,7 +308,12 @@ class LlamaEngine:
         self._captured.append(copy_f32_rows(tensor))
         return False  # stop here: the vocabulary projection is not needed
 
+    def _interrupt(self) -> None:
+        self._interrupted = True  # read by the abort and progress callbacks
+
     def _on_abort(self, _user_data) -> bool:
+        if self._interrupted:
+            return True
         should_stop = self._should_stop
         if should_stop is None:
             return False

@@ -83,3 +83,36 @@ def test_an_error_in_should_stop_reaches_the_caller(model):
         with pytest.raises(ZeroDivisionError):
             ranker.score("q", ["a", "b"], should_stop=broken)
         assert ranker.score("q", ["a", "b"]).scores.shape == (2,)
+
+
+def test_ctrl_c_during_a_decode_raises_keyboard_interrupt(model):
+    """A real SIGINT from another thread while llama.cpp decodes: Python runs its handler at
+    the main thread's next bytecode, which used to be inside one of llama.cpp's callbacks,
+    where ctypes swallowed the KeyboardInterrupt (the decode then failed with status 2)."""
+    import os
+    import signal
+
+    decoding = threading.Event()
+    calls = CountingStop()
+
+    def note_decoding() -> bool:
+        calls()
+        if calls.calls > len(DOCS) + 5:  # past planning and the block's check: in llama.cpp
+            decoding.set()
+        return False
+
+    def interrupt() -> None:
+        decoding.wait(30)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with Reranker(model, n_threads=2) as ranker:
+        expected = ranker.score(QUERY, DOCS).scores
+        ranker.score("an unrelated query", OTHER_DOCS[:2])
+        sender = threading.Thread(target=interrupt)
+        sender.start()
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(50):  # the signal lands in one of these decodes
+                ranker.score(QUERY, DOCS, should_stop=note_decoding)
+                ranker.score("an unrelated query", OTHER_DOCS[:2])
+        sender.join()
+        assert (ranker.score(QUERY, DOCS).scores == expected).all()

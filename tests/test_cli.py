@@ -368,3 +368,54 @@ def test_pull_file_must_be_a_gguf(runner, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     done = runner.invoke(cli, ["pull", "jinaai/jina-reranker-v3-GGUF", "--file", "README.md"])
     assert done.exit_code == 2 and "--file 'README.md' is not a .gguf file" in done.output
+
+
+def _interrupt_when(job: subprocess.Popen, ready, what: str) -> None:
+    """SIGINT to `job` once `ready()` is true, as Ctrl-C sends it."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert job.poll() is None, f"ended before {what}"
+        assert time.monotonic() < deadline, f"never {what}"
+        time.sleep(0.02)
+    job.send_signal(signal.SIGINT)
+
+
+@pytest.mark.slow  # a child process
+def test_ctrl_c_during_llama_cpps_quantizer_writes_nothing(converted, tmp_path):
+    """The quantizer runs in C and calls Python only to log: an interrupt raised in that
+    callback was swallowed by ctypes, and the file was finished and kept (exit 0)."""
+    out = tmp_path / "q.gguf"
+    job = subprocess.Popen([sys.executable, "-m", "reranker.cli.main", "quantize",
+                            str(converted("f16")), "-t", "q4_k_m", "-o", str(out),
+                            "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    # Once llama.cpp has written into the temporary file, it is quantizing.
+    _interrupt_when(job, lambda: any(p.stat().st_size for p in tmp_path.glob(".q.gguf.*")),
+                    "quantizing")
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 1 and "Aborted!" in stderr, stderr
+    assert "Exception ignored" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # a child process
+def test_ctrl_c_during_a_batch_stops_it(converted, tmp_path):
+    """An interrupt while llama.cpp decodes stops the run; it was swallowed in one of its
+    callbacks and came out as a failed request ("llama_decode failed with status 2")."""
+    batch = tmp_path / "batch.jsonl"
+    long_docs = [f"word{j} " * 300 for j in range(8)]
+    batch.write_text("".join(json.dumps({"query": f"q {i}", "documents": long_docs}) + "\n"
+                             for i in range(200)))
+    answers = tmp_path / "answers.jsonl"
+    with open(answers, "w") as stdout:
+        job = subprocess.Popen([sys.executable, "-m", "reranker.cli.main", "rerank", "-m",
+                                str(converted("q8_0")), "--batch", str(batch), "--threads",
+                                "1"], stdout=stdout, stderr=subprocess.PIPE, text=True)
+        _interrupt_when(job, lambda: answers.stat().st_size > 0, "answering")
+        _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 1 and stderr.rstrip().endswith("Aborted!"), stderr
+    assert "Exception ignored" not in stderr and "status" not in answers.read_text()
+    assert len(answers.read_text().splitlines()) < 200

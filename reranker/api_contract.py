@@ -27,7 +27,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
 from pydantic_core import PydanticCustomError
 
 from reranker.errors import RerankerError
-from reranker.reranker import Scores, rank_scores
+from reranker.reranker import Scores, rank_scores, unpaired_surrogate
 
 if TYPE_CHECKING:
     from reranker.reranker import Reranker
@@ -53,14 +53,12 @@ class RequestError(RerankerError, ValueError):
 def _unicode_text(value):
     """Refuse a string with an unpaired surrogate: it has no UTF-8 form, so llama.cpp's
     tokenizer, the logs and the JSON answer could not take it."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise PydanticCustomError(
-                "invalid_unicode", "has an unpaired surrogate {char} at character {position}; "
-                "send valid Unicode text (a \\u escape of a surrogate must be followed by "
-                "its pair)", {"char": repr(value[error.start])[1:-1], "position": error.start})
+    position = unpaired_surrogate(value) if isinstance(value, str) else None
+    if position is not None:
+        raise PydanticCustomError(
+            "invalid_unicode", "has an unpaired surrogate {char} at character {position}; "
+            "send valid Unicode text (a \\u escape of a surrogate must be followed by "
+            "its pair)", {"char": repr(value[position])[1:-1], "position": position})
     return value
 
 

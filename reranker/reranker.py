@@ -5,6 +5,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,9 @@ class Scores:
 
 def resolve_model_file(model: str | Path) -> Path:
     """A GGUF path, or a directory holding exactly one GGUF."""
+    if not isinstance(model, (str, PathLike)):
+        raise TypeError(f"model is {type(model).__name__}; expected a path (str or "
+                        "pathlib.Path) to a GGUF file or a directory holding one")
     path = Path(model).expanduser()
     if path.is_dir():
         found = sorted(path.glob("*.gguf"))
@@ -100,11 +104,23 @@ class Reranker:
                  cpu_path: str | None = None, engine: str | None = None):
         for name, value in (("block_size", block_size), ("block_tokens", block_tokens),
                             ("max_query_tokens", max_query_tokens),
-                            ("max_doc_tokens", max_doc_tokens), ("n_ubatch", n_ubatch)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
-            raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+                            ("max_doc_tokens", max_doc_tokens), ("n_batch", n_batch),
+                            ("n_ubatch", n_ubatch), ("n_threads", n_threads),
+                            ("max_context", max_context)):
+            optional = name in ("n_threads", "max_context")
+            if (value is None and optional) or (isinstance(value, int)
+                                                and not isinstance(value, bool) and value >= 1):
+                continue
+            raise ValueError(f"{name} must be a positive integer{' or None' if optional else ''}"
+                             f", got {value!r}")
+        for name, value, allowed in (("cpu_path", cpu_path, (str, type(None))),
+                                     ("kv_cache_type", kv_cache_type, (str, type(None))),
+                                     ("use_mmap", use_mmap, (bool,)),
+                                     ("flash_attention", flash_attention, (bool, type(None)))):
+            if not isinstance(value, allowed):
+                raise TypeError(f"{name} is {type(value).__name__}; expected "
+                                + " or ".join("None" if t is type(None) else t.__name__
+                                              for t in allowed))
         self.model_path = resolve_model_file(model)
         opened = open_reranker_file(self.model_path, projector)
         self.metadata, self.projector = opened.metadata, opened.projector
@@ -314,8 +330,7 @@ def _document_list(documents) -> list[str]:
         else:
             docs = list(items)
             for i, doc in enumerate(docs):
-                if not isinstance(doc, str):
-                    raise TypeError(f"documents[{i}] is {type(doc).__name__}; expected str")
+                _check_text(f"documents[{i}]", doc)
             return docs
     raise TypeError(f"documents is {type(documents).__name__}; expected a sequence of str "
                     f"(a list or tuple of texts){hint}")
@@ -333,6 +348,23 @@ def _checked_inputs(query, documents, instruction, max_doc_tokens) -> list[str]:
     return _document_list(documents)
 
 
+def unpaired_surrogate(text: str) -> int | None:
+    """Where `text` holds a lone surrogate (a str can, valid Unicode cannot), or None.
+
+    Such text has no UTF-8 form, so llama.cpp's tokenizer cannot take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
 def _check_text(name: str, value) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{name} is {type(value).__name__}; expected str")
+    position = unpaired_surrogate(value)
+    if position is not None:
+        raise ValueError(f"{name} has an unpaired surrogate "
+                         f"({repr(value[position])[1:-1]}) at character {position}; pass "
+                         "valid Unicode text (bytes decoded with errors='surrogateescape' "
+                         "hold these: decode them with errors='replace')")

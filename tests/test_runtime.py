@@ -63,11 +63,41 @@ def test_bad_max_doc_tokens_per_call(ranker_for, method, bad_cap):
         getattr(ranker_for("q8_0"), method)("q", DOCS, max_doc_tokens=bad_cap)
 
 
+@pytest.mark.parametrize("option,value,error", [
+    ("max_context", -5, ValueError), ("max_context", 0, ValueError),
+    ("max_context", "x", ValueError), ("n_threads", True, ValueError),
+    ("block_size", True, ValueError), ("n_batch", 0, ValueError), ("n_batch", "x", ValueError),
+    ("cpu_path", 5, TypeError), ("use_mmap", "no", TypeError),
+    ("flash_attention", "yes", TypeError), ("kv_cache_type", 16, TypeError)])
+def test_bad_constructor_options_are_named_before_loading(converted, option, value, error):
+    with pytest.raises(error, match=f"^{option} "):
+        Reranker(converted("q8_0"), **{option: value})
+
+
+@pytest.mark.parametrize("model", [None, 123, b"model.gguf"])
+def test_a_model_that_is_not_a_path_is_named(model):
+    with pytest.raises(TypeError, match="^model is .*; expected a path"):
+        Reranker(model)
+
+
 def test_non_string_document_names_its_index(ranker_for):
     with pytest.raises(TypeError, match=r"documents\[2\] is int"):
         ranker_for("q8_0").rerank("q", ["a", "b", 3])
     with pytest.raises(TypeError, match="query is NoneType"):
         ranker_for("q8_0").rerank(None, ["a"])
+
+
+@pytest.mark.parametrize("call,named", [
+    (lambda r: r.rerank("q", ["a", "b\ud800c"]), r"documents\[1\] .*\\ud800\) at character 1"),
+    (lambda r: r.score("q\udfff", ["a"]), r"query .*\\udfff\) at character 1"),
+    (lambda r: r.plan("q", ["a"], instruction="x\ud800"), r"instruction .* at character 1"),
+    (lambda r: r.count_tokens("\ud800"), r"text .* at character 0")])
+def test_text_with_a_lone_surrogate_is_refused_by_name(ranker_for, call, named):
+    """Python's str can hold one (bytes decoded with surrogateescape); UTF-8 cannot."""
+    ranker = ranker_for("q8_0")
+    with pytest.raises(ValueError, match=named):
+        call(ranker)
+    assert ranker.score("q", ["a"]).scores.shape == (1,)
 
 
 @pytest.mark.parametrize("method", ["rerank", "score"])

@@ -326,22 +326,24 @@ def test_batch_answers_every_line_and_counts_the_failures(runner, short_context_
              b'{"query": "caf\xe9", "documents": ["a"]}',  # Latin-1, not UTF-8
              json.dumps({"query": "q", "documents": ["a"], "instruction": "rank " * 600}).encode(),
              json.dumps({"query": "fruit", "documents": [{"text": d} for d in DOCS],
-                         "top_n": 1}).encode()]
+                         "top_n": 1}).encode(),
+             b'{"query": "q", "documents": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"]
     batch = tmp_path / "batch.jsonl"
     batch.write_bytes(b"\n".join(lines) + b"\n")
     done = runner.invoke(cli, ["rerank", "-m", str(short_context_model), "--batch", str(batch)])
     assert done.exit_code == 1
     answers = [json.loads(line) for line in done.stdout.splitlines()]
     assert [len(a["results"]) if "results" in a else a["line"] for a in answers] == \
-        [3, 2, 3, 5, 6, 7, 8, 1]
+        [3, 2, 3, 5, 6, 7, 8, 1, 10]
     errors = {a["line"]: a["error"] for a in answers if "error" in a}
     assert {line: (e["type"], e.get("field")) for line, e in errors.items()} == {
         2: ("invalid_json", None), 3: ("invalid_request", "query"),
         5: ("invalid_request", "documents.1"), 6: ("invalid_request", "top_n"),
-        7: ("invalid_json", None), 8: ("unprocessable", None)}
+        7: ("invalid_json", None), 8: ("unprocessable", None), 10: ("invalid_json", None)}
     assert "byte 0xe9 at byte offset" in errors[7]["message"]
     assert "context is capped at 512" in errors[8]["message"]
-    assert f"6 of 8 requests in {batch} failed (line 2, 3, 5, 6, 7, 8)" in done.stderr
+    assert "nested too deeply" in errors[10]["message"]  # Python's parser recursed out
+    assert f"7 of 9 requests in {batch} failed (line 2, 3, 5, 6, 7, 8, 10)" in done.stderr
 
 
 def test_batch_refuses_options_it_would_ignore(runner, converted, tmp_path):

@@ -134,10 +134,11 @@ def test_read_run_ignores_the_rank_column(tmp_path):
     ("q1 Q0 d1 first 0.5 t\n", "run.trec:1: rank 'first' is not an integer"),
     ("q1 Q0 d1 1 nan t\n", "run.trec:1: score is NaN"),
     ("q1 Q0 d1 1 0.5 t\n\nq1 Q0 d1 2 0.4 t\n", "run.trec:3: document 'd1' appears twice"),
+    (b"q1 Q0 d1 1 0.5 t\nq1 Q0 d\xe92 2 0.4 t\n", "run.trec:2: byte 0xe9 at character 8"),
 ])
 def test_bad_run_files_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "run.trec"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     with pytest.raises(DatasetError, match=message):
         read_run(path)
 
@@ -222,9 +223,17 @@ def test_missing_parts_of_the_layout(beir_dir):
      r"test.tsv:2: relevance 'yes' is not an integer"),
     ("qrels/test.tsv", "q1\td1\t1\nq7\td1\t1\n",
      r"test.tsv:2: query 'q7' is not in .*queries.jsonl"),
+    ("corpus.jsonl", b'{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "caf\xe9"}\n',
+     r"corpus.jsonl:2: byte 0xe9 at character 27 is not UTF-8"),  # Latin-1
+    ("queries.jsonl", b'\xff\xfe{\x00', r"queries.jsonl:1: byte 0xff at character 1"),  # UTF-16
+    ("qrels/test.tsv", b"q1\td1\t1\nq\x961\td1\t1\n", r"test.tsv:2: byte 0x96 at character 2"),
+    ("corpus.jsonl", '{"_id": "d1", "text": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+     r"corpus.jsonl:1: not valid JSON \(arrays or objects nested too deeply"),
 ])
 def test_malformed_files_name_file_and_line(beir_dir, file, content, message):
-    (beir_dir / file).write_text(content)
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    (beir_dir / file).write_bytes(content)
     with pytest.raises(DatasetError, match=message):
         load_dataset(beir_dir)
 

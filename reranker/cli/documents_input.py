@@ -15,6 +15,7 @@ from typing import IO
 import click
 
 from reranker.api_contract import RequestError, RerankRequest, parse_request
+from reranker.json_text import parse_json
 
 
 class InputError(click.ClickException):
@@ -115,7 +116,7 @@ def read_documents(stream: IO[bytes], source_name: str) -> list[str]:
     for number, line in content:
         where = f"{source_name}:{number}"
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError as e:
             raise click.ClickException(f"{where}: not valid JSON ({e.msg})") from None
         text = record.get("text") if isinstance(record, dict) else None
@@ -129,7 +130,7 @@ def _is_json_object(line: str) -> bool:
     if not line.lstrip().startswith("{"):
         return False
     try:
-        return isinstance(json.loads(line), dict)
+        return isinstance(parse_json(line), dict)
     except json.JSONDecodeError:
         return False
 
@@ -138,7 +139,7 @@ def parse_request_line(line: str) -> RerankRequest:
     """One batch request, as the server reads its body (reranker.api_contract); raises
     InputError naming the field."""
     try:
-        record = json.loads(line)
+        record = parse_json(line)
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON ({e.msg})", kind="invalid_json") from None
     try:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reranker.evaluation.errors import DatasetError
+from reranker.evaluation.text_files import numbered_lines
 from reranker.evaluation.metrics import Qrels, queries_with_relevant_documents
+from reranker.json_text import parse_json
 
 
 @dataclass(frozen=True)
@@ -84,28 +86,27 @@ def _required_file(directory: Path, name: str) -> Path:
 def _jsonl_records(path: Path, text_fields: Sequence[str]) -> Iterator[tuple[str, dict]]:
     """(id, record) per non-blank line; ids are strings (some datasets write numbers)."""
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError.at(path, number, f"not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DatasetError.at(path, number, "expected a JSON object")
-            raw_id = record.get("_id")
-            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
-                raise DatasetError.at(path, number, 'expected a string "_id"')
-            for field in text_fields:
-                if not isinstance(record.get(field, ""), str):
-                    raise DatasetError.at(path, number, f'"{field}" must be a string')
-            record_id = str(raw_id)
-            if record_id in seen:
-                raise DatasetError.at(path, number, f"duplicate _id {record_id!r} "
-                                                    f"(first on line {seen[record_id]})")
-            seen[record_id] = number
-            yield record_id, record
+    for number, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = parse_json(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError.at(path, number, f"not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DatasetError.at(path, number, "expected a JSON object")
+        raw_id = record.get("_id")
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
+            raise DatasetError.at(path, number, 'expected a string "_id"')
+        for field in text_fields:
+            if not isinstance(record.get(field, ""), str):
+                raise DatasetError.at(path, number, f'"{field}" must be a string')
+        record_id = str(raw_id)
+        if record_id in seen:
+            raise DatasetError.at(path, number, f"duplicate _id {record_id!r} "
+                                                f"(first on line {seen[record_id]})")
+        seen[record_id] = number
+        yield record_id, record
 
 
 def load_corpus(path: str | Path,
@@ -133,26 +134,25 @@ def load_qrels(path: str | Path, *, known_queries: Collection[str] | None = None
     path = Path(path)
     qrels: Qrels = {}
     first_line = True
-    with open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
+    for number, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        may_be_header, first_line = first_line, False
+        columns = line.rstrip("\r\n").split("\t")
+        if len(columns) != 3:
+            raise DatasetError.at(path, number,
+                                  f"expected 3 tab-separated columns (query-id, corpus-id, "
+                                  f"score), got {len(columns)}")
+        query_id, doc_id, score = (c.strip() for c in columns)
+        try:
+            relevance = int(score)
+        except ValueError:
+            if may_be_header:  # the header BEIR writes
                 continue
-            may_be_header, first_line = first_line, False
-            columns = line.rstrip("\r\n").split("\t")
-            if len(columns) != 3:
-                raise DatasetError.at(path, number,
-                                      f"expected 3 tab-separated columns (query-id, corpus-id, "
-                                      f"score), got {len(columns)}")
-            query_id, doc_id, score = (c.strip() for c in columns)
-            try:
-                relevance = int(score)
-            except ValueError:
-                if may_be_header:  # the header BEIR writes
-                    continue
-                raise DatasetError.at(path, number,
-                                      f"relevance {score!r} is not an integer") from None
-            if known_queries is not None and query_id not in known_queries:
-                raise DatasetError.at(path, number, f"query {query_id!r} is not in "
-                                                    f"{queries_path or 'the queries'}")
-            qrels.setdefault(query_id, {})[doc_id] = relevance
+            raise DatasetError.at(path, number,
+                                  f"relevance {score!r} is not an integer") from None
+        if known_queries is not None and query_id not in known_queries:
+            raise DatasetError.at(path, number, f"query {query_id!r} is not in "
+                                                f"{queries_path or 'the queries'}")
+        qrels.setdefault(query_id, {})[doc_id] = relevance
     return qrels

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from reranker.evaluation.errors import DatasetError
+from reranker.evaluation.text_files import numbered_lines
 
 # query id -> {document id -> score}, the shape trec_eval and pytrec_eval read
 Run = dict[str, dict[str, float]]
@@ -15,30 +16,29 @@ def read_run(path: str | Path) -> Run:
     if not path.is_file():
         raise DatasetError(f"run file {path} does not exist")
     run: Run = {}
-    with open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            columns = line.split()
-            if not columns:
-                continue
-            if len(columns) != 6:
-                raise DatasetError.at(path, number, f"expected 6 columns (qid Q0 docid rank "
-                                                    f"score tag), got {len(columns)}")
-            query_id, _, doc_id, rank, score, _ = columns
-            try:
-                int(rank)
-            except ValueError:
-                raise DatasetError.at(path, number, f"rank {rank!r} is not an integer") from None
-            try:
-                value = float(score)
-            except ValueError:
-                raise DatasetError.at(path, number, f"score {score!r} is not a number") from None
-            if math.isnan(value):  # it would make the order undefined
-                raise DatasetError.at(path, number, "score is NaN")
-            scores = run.setdefault(query_id, {})
-            if doc_id in scores:
-                raise DatasetError.at(path, number, f"document {doc_id!r} appears twice "
-                                                    f"for query {query_id!r}")
-            scores[doc_id] = value
+    for number, line in numbered_lines(path):
+        columns = line.split()
+        if not columns:
+            continue
+        if len(columns) != 6:
+            raise DatasetError.at(path, number, f"expected 6 columns (qid Q0 docid rank "
+                                                f"score tag), got {len(columns)}")
+        query_id, _, doc_id, rank, score, _ = columns
+        try:
+            int(rank)
+        except ValueError:
+            raise DatasetError.at(path, number, f"rank {rank!r} is not an integer") from None
+        try:
+            value = float(score)
+        except ValueError:
+            raise DatasetError.at(path, number, f"score {score!r} is not a number") from None
+        if math.isnan(value):  # it would make the order undefined
+            raise DatasetError.at(path, number, "score is NaN")
+        scores = run.setdefault(query_id, {})
+        if doc_id in scores:
+            raise DatasetError.at(path, number, f"document {doc_id!r} appears twice "
+                                                f"for query {query_id!r}")
+        scores[doc_id] = value
     return run
 
 

@@ -251,7 +251,9 @@ def _check_sizes(meta: GGUFMetadata) -> None:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         return
-    for name in ("block_count", "embedding_length", "context_length"):
+    for name in ("block_count", "embedding_length", "context_length", "feed_forward_length",
+                 "attention.head_count", "attention.head_count_kv", "attention.key_length",
+                 "attention.value_length"):
         key = f"{arch}.{name}"
         value = meta.get(key)
         if value is None:
@@ -262,3 +264,16 @@ def _check_sizes(meta: GGUFMetadata) -> None:
                       else "a positive integer")
             raise ModelFileError(f"{meta.path}: {key} is {value!r}; it must be {wanted} (the "
                                  "file is damaged or was written wrongly)")
+    heads, kv_heads = meta.get(f"{arch}.attention.head_count"), meta.get(f"{arch}.attention.head_count_kv")
+    if heads is not None and kv_heads is not None and heads % kv_heads:
+        raise ModelFileError(f"{meta.path}: {arch}.attention.head_count ({heads}) is not a "
+                             f"multiple of {arch}.attention.head_count_kv ({kv_heads}) (the file "
+                             "is damaged or was written wrongly)")
+    # llama.cpp asserts on these (GGML_ASSERT(eps >= 0.0f) aborts the process on a NaN).
+    for name in ("attention.layer_norm_rms_epsilon", "rope.freq_base"):
+        key = f"{arch}.{name}"
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ModelFileError(f"{meta.path}: {key} is {value!r}; it must be a positive "
+                                 "finite number (the file is damaged or was written wrongly)")

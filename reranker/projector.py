@@ -23,6 +23,11 @@ class Projector:
             raise ModelFileError(
                 f"{self.source}: projector shapes {list(self.first.shape)} and "
                 f"{list(self.second.shape)} do not chain (expected [inner, hidden], [out, inner])")
+        for name, matrix in (("first", self.first), ("second", self.second)):
+            if not np.isfinite(matrix).all():  # every score would come out 0 (or NaN)
+                raise ModelFileError(f"{self.source}: the projector's {name} matrix holds NaN "
+                                     "or infinite values (the file is damaged); convert or "
+                                     "download it again")
 
     @property
     def input_size(self) -> int:

@@ -15,7 +15,8 @@ from gguf import LlamaFileType
 from reranker.blocks import cosine, merge_query_embeddings
 from reranker.engine import LlamaEngine
 from reranker.engine_choice import ROUTED, Engine, resolve_engine
-from reranker.errors import ModelFileError, RerankerCancelled, RerankerClosedError
+from reranker.errors import (ModelFileError, RerankerCancelled, RerankerClosedError,
+                             RerankerError)
 from reranker.model_check import open_reranker_file
 from reranker.model_format import FLOAT_FILE_TYPES, Keys
 from reranker.scoring_plan import PlanLimits, PromptPlanner, ScoringPlan
@@ -279,6 +280,10 @@ class Reranker:
             decoded += self._engine.decoded_tokens
             reused += self._engine.reused_tokens
             projected = self.projector(states)
+            if not np.isfinite(projected).all():  # the cosine would make them silent zeros
+                raise RerankerError(f"the model computed NaN or infinite hidden states (block "
+                                    f"{done + 1} of {len(plan.blocks)}): {self.model_path.name}"
+                                    "'s weights are damaged; convert or download it again")
             block_doc_embeddings.append(projected[:-1])
             query_embeddings.append(projected[-1])
         query_embedding = (query_embeddings[0] if len(query_embeddings) == 1

@@ -26,6 +26,24 @@ def _set_u32(data: bytearray, key: str, value: int) -> None:
     struct.pack_into("<I", data, at + 4, value)
 
 
+def _value_at(data: bytearray, key: str, value_type: gguf.GGUFValueType) -> int:
+    """The offset of metadata `key`'s value (after its type) in a GGUF held in memory."""
+    encoded = key.encode()
+    at = data.index(struct.pack("<Q", len(encoded)) + encoded) + 8 + len(encoded)
+    assert struct.unpack_from("<I", data, at)[0] == value_type
+    return at + 4
+
+
+def _set_f32(data: bytearray, key: str, value: float) -> None:
+    struct.pack_into("<f", data, _value_at(data, key, gguf.GGUFValueType.FLOAT32), value)
+
+
+def _set_first_of_f32_array(data: bytearray, key: str, value: float) -> None:
+    at = _value_at(data, key, gguf.GGUFValueType.ARRAY)
+    assert struct.unpack_from("<I", data, at)[0] == gguf.GGUFValueType.FLOAT32
+    struct.pack_into("<f", data, at + 4 + 8, value)  # after the element type and the count
+
+
 def _projector_of_text(path):
     """A qwen3 GGUF with the markers whose projector key holds a string, not numbers."""
     writer = gguf.GGUFWriter(str(path), "qwen3")
@@ -48,9 +66,19 @@ DAMAGE = {
     "zero width": (lambda data: _set_u32(data, "qwen3.embedding_length", 0),
                    "qwen3.embedding_length is 0; it must be a positive integer"),
     "projector of text": (None, "jina_reranker.projector.0.weight holds str, not numbers"),
+    "NaN epsilon": (lambda data: _set_f32(data, "qwen3.attention.layer_norm_rms_epsilon",
+                                          float("nan")),
+                    "qwen3.attention.layer_norm_rms_epsilon is nan; it must be a positive"),
+    "no KV heads": (lambda data: _set_u32(data, "qwen3.attention.head_count_kv", 0),
+                    "qwen3.attention.head_count_kv is 0; it must be a positive integer"),
+    "heads not grouped": (lambda data: _set_u32(data, "qwen3.attention.head_count_kv", 3),
+                          "is not a multiple of qwen3.attention.head_count_kv (3)"),
+    "NaN projector": (lambda data: _set_first_of_f32_array(
+        data, "jina_reranker.projector.0.weight", float("nan")),
+        "the projector's first matrix holds NaN or infinite values"),
 }
 # llama.cpp aborts the process on these when it loads them: only a child process may try.
-ABORTS_LLAMA_CPP = {"no layers"}
+ABORTS_LLAMA_CPP = {"no layers", "NaN epsilon"}
 
 
 @pytest.fixture
@@ -94,3 +122,19 @@ def test_serve_refuses_a_damaged_file_in_one_line(damaged, case):
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(f"Error: {path}") and DAMAGE[case][1] in done.stderr
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_nan_weights_are_an_error_not_silent_zero_scores(converted, tmp_path):
+    """A NaN inside the backbone's weights (nothing in the metadata shows it) made every
+    hidden state NaN, and the cosine turned those into scores of exactly 0."""
+    from reranker import Reranker, RerankerError
+
+    path = tmp_path / "nan-norm.gguf"
+    path.write_bytes(converted("f32").read_bytes())
+    tensor = next(t for t in gguf.GGUFReader(path).tensors if t.name == "output_norm.weight")
+    with open(path, "r+b") as file:
+        file.seek(tensor.data_offset)
+        file.write(struct.pack("<f", float("nan")))
+    with Reranker(path, n_threads=1) as ranker:
+        with pytest.raises(RerankerError, match="NaN or infinite hidden states .*damaged"):
+            ranker.score("q", ["a", "b"])

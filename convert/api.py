@@ -56,6 +56,7 @@ def convert_checkpoint(source: str | Path, outfile: str | Path, type_name: str =
     stage = on_stage or (lambda _text: None)
 
     resolved = resolve_checkpoint(source, revision)
+    _check_not_a_source_file(outfile, resolved.directory)
     ckpt = load_checkpoint(resolved.directory)
     vocab = read_vocabulary(ckpt.tokenizer_json, ckpt.shape.vocab_size)
     stage("hashing the source weights")
@@ -74,6 +75,17 @@ def convert_checkpoint(source: str | Path, outfile: str | Path, type_name: str =
                 run_llama_quantizer(intermediate, tmp, target, n_threads)
     return ConversionSummary(outfile, target.name, outfile.stat().st_size, count,
                              time.monotonic() - started, resolved.name)
+
+
+def _check_not_a_source_file(outfile: Path, checkpoint: Path) -> None:
+    """`--force` must not replace a file of the checkpoint being read (its weights, say)."""
+    if not outfile.exists():
+        return
+    target = outfile.resolve()
+    for source in checkpoint.iterdir():
+        if source.resolve() == target:
+            raise ConversionError(f"{outfile} is {source.name} of the checkpoint being "
+                                  "converted; choose another --outfile")
 
 
 def quantize_gguf(infile: str | Path, outfile: str | Path, type_name: str, *,

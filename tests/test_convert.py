@@ -253,6 +253,20 @@ def test_existing_output_needs_force(tiny_checkpoint, tmp_path):
     assert read_metadata(out).get("general.architecture") == "qwen3"
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_force_never_overwrites_the_checkpoint_being_read(tiny_checkpoint, tmp_path, name):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    before = (checkpoint / name).read_bytes()
+    with pytest.raises(ConversionError, match=f"is {name} of the checkpoint being converted"):
+        convert_checkpoint(checkpoint, checkpoint / name, "f16", force=True)
+    assert (checkpoint / name).read_bytes() == before
+    # Through a symbolic link too.
+    (tmp_path / "link.gguf").symlink_to(checkpoint / name)
+    with pytest.raises(ConversionError, match="of the checkpoint being converted"):
+        convert_checkpoint(checkpoint, tmp_path / "link.gguf", "f16", force=True)
+
+
 @pytest.mark.parametrize("type_name", ["q8_0", "q4_k_m"])
 def test_an_interrupted_run_leaves_nothing(tiny_checkpoint, tmp_path, type_name):
     def interrupt(done, total, name):

@@ -100,6 +100,8 @@ def test_health_models_openapi_and_metrics(server):
 
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "ok" and health["cpu_path"] == resolve_cpu_path().name
+    head = httpx.head(server.url + "/health")  # as uptime checkers ask
+    assert head.status_code == 200 and head.content == b""
     models = httpx.get(server.url + "/v1/models").json()
     assert models["data"][0]["id"] == "tiny-q8_0"
     schema = httpx.get(server.url + "/openapi.json").json()
@@ -190,11 +192,38 @@ def test_a_streamed_oversize_body_is_refused(server):
     assert response.status_code == 413
 
 
-def test_a_body_that_is_not_json_typed(server):
+@pytest.mark.parametrize("content_type", ["text/plain", "text/json", "application/x-json",
+                                          "application/jsonx", None])
+def test_a_body_that_is_not_json_typed(server, content_type):
+    """FastAPI reads JSON from application/json and +json types only; the others were
+    answered 422 with the request's fields all called missing."""
+    headers = {"Content-Type": content_type} if content_type else {}
     response = httpx.post(server.url + "/v1/rerank", content='{"query":"q","documents":["a"]}',
-                          headers={"Content-Type": "text/plain"})
+                          headers=headers)
     assert response.status_code == 415
-    assert "application/json" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert "application/json" in error["message"] and error["field"] == "content-type"
+
+
+def test_json_types_with_parameters_or_a_suffix_are_json(server):
+    for content_type in ("application/json; charset=utf-8", "Application/JSON",
+                         "application/vnd.api+json"):
+        response = httpx.post(server.url + "/v1/rerank",
+                              content='{"query":"q","documents":["a"]}',
+                              headers={"Content-Type": content_type})
+        assert response.status_code == 200, (content_type, response.text)
+
+
+def test_a_compressed_body_is_named(server):
+    import gzip
+
+    response = httpx.post(server.url + "/v1/rerank",
+                          content=gzip.compress(b'{"query":"q","documents":["a"]}'),
+                          headers={"Content-Type": "application/json",
+                                   "Content-Encoding": "gzip"})
+    assert response.status_code == 415
+    error = response.json()["error"]
+    assert "Content-Encoding: gzip" in error["message"] and error["field"] == "content-encoding"
 
 
 def test_concurrent_clients_get_the_library_scores(server, ranker_for):

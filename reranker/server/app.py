@@ -96,12 +96,8 @@ def create_app(settings: ServerSettings,
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
-        content_type = request.headers.get("content-type", "")
-        if request.method == "POST" and "json" not in content_type:
-            return ApiError(415, "unsupported_media_type", f"the body was sent as "
-                            f"{content_type or 'no content type'}; send JSON with "
-                            "'Content-Type: application/json'", field="content-type").response()
-        return _validation_error(error).response()
+        unreadable = _unreadable_body(request)
+        return (unreadable or _validation_error(error)).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
@@ -113,7 +109,7 @@ def create_app(settings: ServerSettings,
         return ApiError(500, "internal_error", f"the server failed on this request "
                         f"({type(error).__name__}); the traceback is in its log").response()
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: uptime checkers send it
     async def health(request: Request) -> dict:
         pool: RerankerPool = request.app.state.pool
         return {"status": "ok", "model": settings.model_name, "workers": pool.workers,
@@ -253,6 +249,9 @@ def _http_error(request: Request, error: StarletteHTTPException) -> ApiError:
         allowed = (error.headers or {}).get("Allow", "another method")
         return ApiError(405, "method_not_allowed", f"{request.method} is not allowed on "
                         f"{path!r}; use {allowed}", headers=error.headers)
+    unreadable = _unreadable_body(request) if error.status_code == 400 else None
+    if unreadable is not None:
+        return unreadable
     # FastAPI answers 400 for a body it could not decode, from the decoding error.
     if isinstance(cause, UnicodeDecodeError):
         return ApiError(400, "invalid_json", f"the request body is not UTF-8: byte "
@@ -266,6 +265,26 @@ def _http_error(request: Request, error: StarletteHTTPException) -> ApiError:
         return ApiError(400, "invalid_json", f"the request body could not be read as JSON "
                         f"({error.detail})", field="body")
     return ApiError(error.status_code, "http_error", str(error.detail), headers=error.headers)
+
+
+def _unreadable_body(request: Request) -> ApiError | None:
+    """415 for a POST body FastAPI does not read as JSON: a compressed one, or a content
+    type other than application/json or a +json type (FastAPI's own rule; `text/json`
+    bodies were left unparsed, and the answer blamed missing fields)."""
+    if request.method != "POST":
+        return None
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return ApiError(415, "unsupported_media_type", f"the body is compressed "
+                        f"(Content-Encoding: {encoding[:40]}); send it uncompressed",
+                        field="content-encoding")
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        return ApiError(415, "unsupported_media_type", f"the body was sent as "
+                        f"{content_type[:80] or 'no content type'}; send JSON with "
+                        "'Content-Type: application/json'", field="content-type")
+    return None
 
 
 class ObservedRequests:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -173,6 +174,18 @@ def test_convert_default_output_goes_to_models(runner, tiny_checkpoint, tmp_path
     done = runner.invoke(cli, ["convert", str(tiny_checkpoint), "-t", "q8_0"])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "models" / f"{tiny_checkpoint.name}-q8_0.gguf").is_file()
+
+
+@pytest.mark.parametrize("source", [".", "./", "sub/.."])
+def test_convert_names_a_relative_directory_by_its_own_name(runner, tiny_checkpoint, tmp_path,
+                                                          monkeypatch, source):
+    checkpoint = tmp_path / "my-checkpoint"
+    shutil.copytree(tiny_checkpoint, checkpoint, copy_function=os.link)
+    (checkpoint / "sub").mkdir()
+    monkeypatch.chdir(checkpoint)
+    done = runner.invoke(cli, ["convert", source, "-t", "f16"])
+    assert done.exit_code == 0, done.output
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["my-checkpoint-f16.gguf"]
 
 
 def test_convert_errors_are_one_line(runner, tmp_path):

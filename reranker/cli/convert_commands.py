@@ -16,7 +16,9 @@ TYPE_CHOICE = click.Choice(list(FILE_TYPES), case_sensitive=False)
 
 
 def default_outfile(source: str, type_name: str) -> Path:
-    stem = Path(source.rstrip("/")).name or "model"
+    path = Path(source.rstrip("/"))
+    # A local directory by its own name (".." has none); a Hub id by its repository's.
+    stem = (path.resolve() if path.is_dir() else path).name or "model"
     return models_dir() / f"{stem}-{type_name.lower()}.gguf"
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,6 @@ from convert.errors import CheckpointError
 CHECKPOINT_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json",
                     "tokenizer.json", "tokenizer_config.json", "added_tokens.json",
                     "special_tokens_map.json"]
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -33,10 +31,23 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Resol
             raise CheckpointError(f"--revision applies to Hub repo ids, not to the local path {path}")
         return ResolvedSource(path, str(path), None)
     text = str(source)
-    if not _REPO_ID.match(text):
-        raise CheckpointError(f"{text} is neither an existing directory nor a Hub repo id "
-                              "like jinaai/jina-reranker-v3")
+    check_repo_id(text)
     return _download(text, revision)
+
+
+def check_repo_id(text: str) -> None:
+    """CheckpointError unless `text` is an owner/name Hub repo id (huggingface-hub's rules:
+    `../models` matches a simple pattern of names and slashes, and is not one)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        if text.count("/") != 1:
+            raise HFValidationError("not owner/name")
+        validate_repo_id(text)
+    except HFValidationError:
+        raise CheckpointError(f"{text} is neither an existing directory nor a Hub repo id "
+                              "like jinaai/jina-reranker-v3") from None
 
 
 def _download(repo_id: str, revision: str | None) -> ResolvedSource:

@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 
 from convert.api import ConversionSummary, convert_checkpoint
-from convert.hub import hub_errors
+from convert.errors import CheckpointError
+from convert.hub import check_repo_id, hub_errors
 from convert.output import atomic_output
 from reranker.model_format import PROJECTOR_SIDECAR
 
@@ -56,15 +57,31 @@ def pull_converted(repo_id: str, type_name: str, models_dir: Path, *, revision: 
 
 def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
                         revision: str | None = None, force: bool = False) -> list[Path]:
-    """Download one GGUF and the projector of a published GGUF repo into models_dir/<repo>/."""
-    from huggingface_hub import hf_hub_download
+    """Copy one GGUF and the projector of a published GGUF repo (a Hub repo id, or a local
+    directory holding the two files) into models_dir/<repo>/."""
+    local = Path(repo_id).expanduser()
+    names = (filename, PROJECTOR_SIDECAR)
+    if local.is_dir():
+        if revision:
+            raise CheckpointError(f"--revision applies to Hub repo ids, not to the local "
+                                  f"path {local}")
+        sources = [local / name for name in names]
+        for source in sources:
+            if not source.is_file():
+                raise CheckpointError(f"{source} does not exist")
+        target_dir = models_dir / local.resolve().name
+    else:
+        from huggingface_hub import hf_hub_download
 
-    target_dir = models_dir / repo_id.split("/")[-1]
+        check_repo_id(repo_id)
+        sources = []
+        for name in names:  # both fetched before models/ gets a folder for them
+            with hub_errors(f"{repo_id}/{name}", revision):
+                sources.append(Path(hf_hub_download(repo_id, name, revision=revision)))
+        target_dir = models_dir / repo_id.split("/")[-1]
     target_dir.mkdir(parents=True, exist_ok=True)
     copied = []
-    for name in (filename, PROJECTOR_SIDECAR):
-        with hub_errors(f"{repo_id}/{name}", revision):
-            cached = Path(hf_hub_download(repo_id, name, revision=revision))
+    for name, cached in zip(names, sources):
         destination = target_dir / name
         with atomic_output(destination, force) as tmp:
             # A real copy, not the cache's symlink: the folder must travel on its own.

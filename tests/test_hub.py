@@ -110,6 +110,40 @@ def test_pull_of_a_published_gguf_repo(tmp_path, converted):
     assert json.loads(described.stdout)["file"] == str(folder / "jina-reranker-v3-Q8_0.gguf")
 
 
+def test_pull_file_from_a_local_directory(tmp_path, converted):
+    """A published GGUF folder already on disk (copied from a connected machine)."""
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    published = tmp_path / "downloads" / "jr3-gguf"
+    published.mkdir(parents=True)
+    os.link(converted("q8_0"), published / "model-q8_0.gguf")
+    save_file({"projector.0.weight": np.ones((8, 256), np.float32),
+               "projector.2.weight": np.ones((8, 8), np.float32)},
+              str(published / "projector.safetensors"))
+    done = run_cli(["pull", "downloads/jr3-gguf/", "--file", "model-q8_0.gguf"], tmp_path,
+                   tmp_path / "hub")
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "models" / "jr3-gguf"
+    assert sorted(p.name for p in folder.iterdir()) == ["model-q8_0.gguf",
+                                                        "projector.safetensors"]
+    missing = run_cli(["pull", "downloads/jr3-gguf", "--file", "other.gguf"], tmp_path,
+                      tmp_path / "hub")
+    assert missing.returncode == 1 and "other.gguf does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize("args", [["../nowhere"], ["../nowhere", "--file", "x.gguf"],
+                                  ["owner/repo", "--file", "x.gguf"]])
+def test_a_failed_pull_leaves_no_folder_and_says_why(tmp_path, args):
+    done = run_cli(["pull", *args], tmp_path, tmp_path / "hub")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    if args[0] == "../nowhere":  # a simple "names and a slash" pattern took it for a repo id
+        assert "neither an existing directory nor a Hub repo id" in done.stderr
+    else:
+        assert "not in the local Hugging Face cache" in done.stderr
+    assert [p.name for p in (tmp_path / "models").iterdir()] == []
+
+
 @pytest.mark.slow  # six child processes, two of them conversions
 def test_the_model_pulled_last_is_the_default(tmp_path, cache_with_checkpoint):
     for type_name in ("q8_0", "f16"):  # written directly, as in the test above

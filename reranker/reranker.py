@@ -5,6 +5,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from numbers import Integral
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,11 +110,16 @@ class Reranker:
                             ("n_ubatch", n_ubatch), ("n_threads", n_threads),
                             ("max_context", max_context)):
             optional = name in ("n_threads", "max_context")
-            if (value is None and optional) or (isinstance(value, int)
-                                                and not isinstance(value, bool) and value >= 1):
+            if (value is None and optional) or (_is_integer(value) and value >= 1):
                 continue
             raise ValueError(f"{name} must be a positive integer{' or None' if optional else ''}"
                              f", got {value!r}")
+        # numpy integers as plain ints: they reach ctypes fields and JSON answers.
+        block_size, block_tokens, max_query_tokens, max_doc_tokens, n_batch, n_ubatch = (
+            int(v) for v in (block_size, block_tokens, max_query_tokens, max_doc_tokens,
+                             n_batch, n_ubatch))
+        n_threads = None if n_threads is None else int(n_threads)
+        max_context = None if max_context is None else int(max_context)
         for name, value, allowed in (("cpu_path", cpu_path, (str, type(None))),
                                      ("kv_cache_type", kv_cache_type, (str, type(None))),
                                      ("use_mmap", use_mmap, (bool,)),
@@ -309,8 +315,13 @@ def rank_scores(scored: Scores, documents: Sequence[str], *, top_n: int | None =
             for i in order]
 
 
+def _is_integer(value) -> bool:
+    """An int or numpy integer (numbers.Integral), but not a bool."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 def _check_top_n(top_n) -> None:
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+    if top_n is not None and (not _is_integer(top_n) or top_n < 0):
         raise ValueError(f"top_n must be a non-negative integer or None, got {top_n!r}")
 
 
@@ -345,9 +356,7 @@ def _checked_inputs(query, documents, instruction, max_doc_tokens) -> list[str]:
     _check_text("query", query)
     if instruction is not None:
         _check_text("instruction", instruction)
-    if max_doc_tokens is not None and (isinstance(max_doc_tokens, bool)
-                                       or not isinstance(max_doc_tokens, int)
-                                       or max_doc_tokens < 1):
+    if max_doc_tokens is not None and (not _is_integer(max_doc_tokens) or max_doc_tokens < 1):
         raise ValueError(f"max_doc_tokens must be a positive integer or None, "
                          f"got {max_doc_tokens!r}")
     return _document_list(documents)

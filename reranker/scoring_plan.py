@@ -175,7 +175,7 @@ class PromptPlanner:
         before each document is tokenized (a thousand long ones take seconds)."""
         limits = self.limits
         doc_limit = (limits.max_doc_tokens if max_doc_tokens is None
-                     else min(max_doc_tokens, limits.max_doc_tokens))
+                     else min(int(max_doc_tokens), limits.max_doc_tokens))
         cut_query, query_tokens = self.truncate(remove_markers(query), limits.max_query_tokens)
         if instruction is not None:
             instruction = remove_markers(instruction)

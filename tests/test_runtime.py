@@ -50,6 +50,18 @@ def test_empty_list_gives_empty_results(ranker_for):
     assert ranker_for("q8_0").rerank("q", []) == []
 
 
+def test_numpy_integers_are_integers(converted, ranker_for):
+    """As numpy computations hand them over; a bool (numpy's too) is still refused."""
+    ranker = ranker_for("q8_0")
+    assert len(ranker.rerank("q", DOCS, top_n=np.int64(2))) == 2
+    plan = ranker.plan("q", DOCS, max_doc_tokens=np.int32(1))
+    assert all(type(n) is int and n <= 1 for n in plan.document_tokens)
+    with Reranker(converted("q8_0"), n_threads=np.int64(1), max_context=np.int64(512)) as small:
+        assert small.engine.max_context == 512 and type(small.max_doc_tokens) is int
+    with pytest.raises(ValueError, match="top_n"):
+        ranker.rerank("q", DOCS, top_n=np.bool_(True))
+
+
 @pytest.mark.parametrize("bad_top_n", [-1, 1.5, "3", True])
 def test_bad_top_n(ranker_for, bad_top_n):
     with pytest.raises(ValueError, match="top_n"):

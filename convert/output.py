@@ -28,6 +28,11 @@ def check_output_path(path: Path, force: bool) -> None:
         raise ConversionError(f"output {path} already exists; pass --force to overwrite it")
     if not path.parent.is_dir():
         raise ConversionError(f"output directory {path.parent} does not exist")
+    # Checked before the work: the temporary file's own OSError named a hidden file only
+    # once a whole conversion or evaluation had run.
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConversionError(f"output directory {path.parent} is not writable (read-only or "
+                              "another user's); choose another output path")
 
 
 def _temporary_beside(path: Path, kind: str = "") -> Path:

@@ -131,3 +131,27 @@ def ranker_for(converted):
     yield get
     for ranker in open_rankers.values():
         ranker.close()
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory this process cannot write into: its mode for a user, a read-only tmpfs
+    for root (whom modes do not stop), or a skip where neither can be had."""
+    import os
+    import subprocess
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() != 0:
+        locked.chmod(0o555)
+        yield locked
+        locked.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("root here cannot mount a read-only tmpfs")
+    try:
+        yield locked
+    finally:
+        subprocess.run(["umount", str(locked)], check=True)

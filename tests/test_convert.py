@@ -243,6 +243,13 @@ def test_unknown_type_names_the_choices(tiny_checkpoint, tmp_path):
         convert_checkpoint(tiny_checkpoint, tmp_path / "x.gguf", "q9_9")
 
 
+def test_an_unwritable_output_directory_is_refused_before_any_work(tiny_checkpoint,
+                                                                   unwritable_dir):
+    with pytest.raises(ConversionError, match=f"output directory {unwritable_dir} is not "
+                                              "writable"):
+        convert_checkpoint(tiny_checkpoint, unwritable_dir / "x.gguf", "f16")
+
+
 def test_existing_output_needs_force(tiny_checkpoint, tmp_path):
     out = tmp_path / "model.gguf"
     out.write_bytes(b"keep me")

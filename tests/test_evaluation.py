@@ -344,3 +344,11 @@ def test_eval_command_errors_are_one_line(runner, beir_dir, converted, tmp_path)
     done = runner.invoke(cli, ["eval", str(beir_dir), "--run", str(tmp_path / "run.trec"),
                                "-m", model, "--json-report", str(tmp_path / "no" / "r.json")])
     assert done.exit_code == 2 and "does not exist" in done.output
+
+
+def test_an_unwritable_report_directory_stops_eval_before_it_runs(runner, beir_dir, tmp_path,
+                                                                  unwritable_dir):
+    done = runner.invoke(cli, ["eval", str(beir_dir), "--run", str(tmp_path / "run.trec"),
+                               "-m", "not-even-loaded.gguf", "--json-report",
+                               str(unwritable_dir / "r.json")])
+    assert done.exit_code == 2 and "is not writable" in done.output

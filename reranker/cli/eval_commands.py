@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from convert.output import atomic_output
+from convert.errors import ConversionError
+from convert.output import atomic_output, check_output_path
 from reranker import Reranker
 from reranker.evaluation.compare import (RerankRequest, compare_models, ladder_files,
                                          quantization_ladder, requests_from_evaluation)
@@ -108,8 +109,11 @@ def evaluate(dataset_dir: Path, run_file: Path | None, bm25: bool, top_k: int, s
           --json-report scifact-q4_k_m.json
     """
     _check_one_first_stage(run_file, bm25)
-    if json_report is not None and not json_report.parent.resolve().is_dir():
-        raise click.UsageError(f"--json-report: directory {json_report.parent} does not exist")
+    if json_report is not None:
+        try:  # before the evaluation, not after it
+            check_output_path(json_report, force=True)
+        except ConversionError as e:
+            raise click.UsageError(f"--json-report: {e}") from None
     model_path = resolve_model(model)
     bars = ProgressBars()
     with friendly_errors():

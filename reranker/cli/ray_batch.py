@@ -35,8 +35,8 @@ ray_options = [
                  help="llama.cpp threads of a replica, and the CPUs Ray reserves for it "
                       "(default: 1)."),
     click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-                 help="Write the answers here (.jsonl, or .parquet for Parquet input) instead "
-                      "of stdout; written to a temporary file, then renamed."),
+                 help="With --ray: write the answers here (.jsonl, or .parquet for Parquet "
+                      "input) instead of stdout; written to a temporary file, then renamed."),
 ]
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from reranker.errors import (InputTooLongError, ModelFileError, RerankerCancelled,
-                             RerankerClosedError, RerankerError)
+                             RerankerClosedError, RerankerError, TooManyTokensError)
 from reranker.reranker import Reranker, RerankResult, Scores
 from reranker.scoring_plan import PlannedBlock, ScoringPlan
 from reranker.api_contract import RequestError, RerankRequest, RerankResponse, answer_request
 
 __all__ = ["InputTooLongError", "ModelFileError", "PlannedBlock", "Reranker", "RerankResult",
            "RerankerCancelled", "RerankerClosedError", "RerankerError", "Scores", "ScoringPlan",
-           "RequestError", "RerankRequest", "RerankResponse", "answer_request"]
+           "RequestError", "RerankRequest", "RerankResponse", "TooManyTokensError",
+           "answer_request"]
 try:
     # One version string, pyproject.toml's: the CLI, the server and converted files all read it.
     __version__ = _metadata.version("reranker")

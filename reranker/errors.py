@@ -20,3 +20,12 @@ class RerankerClosedError(RerankerError):
 
 class RerankerCancelled(RerankerError):
     """A call stopped because its `should_stop` callable answered true (e.g. the client left)."""
+
+
+class TooManyTokensError(InputTooLongError):
+    """A request's query and documents hold more tokens than a caller's limit
+    (`Reranker.plan(max_input_tokens=...)`, a server's `--max-tokens`)."""
+
+    def __init__(self, message: str, limit: int):
+        super().__init__(message)
+        self.limit = limit

@@ -207,18 +207,26 @@ class Reranker:
 
     def plan(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
              max_doc_tokens: int | None = None,
-             should_stop: Callable[[], bool] | None = None) -> ScoringPlan:
+             should_stop: Callable[[], bool] | None = None,
+             max_input_tokens: int | None = None) -> ScoringPlan:
         """The prompts `score` would decode: blocks with their token ids and marker positions.
 
         Also each text's token count after truncation (`input_tokens`, what a server's
         token limit caps). Raises InputTooLongError for a query or instruction that leaves
-        no room for a document, as `score` does, before anything is decoded; and
-        RerankerCancelled once `should_stop` answers true (asked before each document).
+        no room for a document, as `score` does, before anything is decoded;
+        RerankerCancelled once `should_stop` answers true (asked before each document); and
+        TooManyTokensError as soon as the texts hold more than `max_input_tokens` (a
+        server's limit), without tokenizing the rest.
         """
         docs = _checked_inputs(query, documents, instruction, max_doc_tokens)
+        if max_input_tokens is not None and (not _is_integer(max_input_tokens)
+                                             or max_input_tokens < 1):
+            raise ValueError(f"max_input_tokens must be a positive integer or None, "
+                             f"got {max_input_tokens!r}")
         with self._lock:
             self._check_open()
-            return self._planner.plan(query, docs, instruction, max_doc_tokens, should_stop)
+            return self._planner.plan(query, docs, instruction, max_doc_tokens, should_stop,
+                                      max_input_tokens)
 
     def score_plan(self, plan: ScoringPlan, *,
                    should_stop: Callable[[], bool] | None = None) -> Scores:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from reranker.blocks import plan_blocks
-from reranker.errors import InputTooLongError, RerankerCancelled
+from reranker.errors import InputTooLongError, RerankerCancelled, TooManyTokensError
 from reranker.model_format import DOC_MARKER, QUERY_MARKER
 from reranker.prompt import CONTROL_TOKENS, Part, Tokenized, build_prompt, remove_markers
 
@@ -169,10 +169,13 @@ class PromptPlanner:
 
     def plan(self, query: str, documents: Sequence[str], instruction: str | None = None,
              max_doc_tokens: int | None = None,
-             should_stop: Callable[[], bool] | None = None) -> ScoringPlan:
+             should_stop: Callable[[], bool] | None = None,
+             max_input_tokens: int | None = None) -> ScoringPlan:
         """`max_doc_tokens` cuts documents shorter than the limits do for this one plan
         (Cohere's `max_tokens_per_doc`); it never lengthens them. `should_stop` is asked
-        before each document is tokenized (a thousand long ones take seconds)."""
+        before each document is tokenized (a thousand long ones take seconds). Once the
+        query and the documents so far hold more than `max_input_tokens`, the rest are not
+        tokenized: TooManyTokensError."""
         limits = self.limits
         doc_limit = (limits.max_doc_tokens if max_doc_tokens is None
                      else min(int(max_doc_tokens), limits.max_doc_tokens))
@@ -180,6 +183,7 @@ class PromptPlanner:
         if instruction is not None:
             instruction = remove_markers(instruction)
         docs, lengths = [], []
+        counted = query_tokens
         for done, document in enumerate(documents):
             if should_stop is not None and should_stop():
                 raise RerankerCancelled(f"stopped while tokenizing, after {done} of "
@@ -187,6 +191,12 @@ class PromptPlanner:
             tokenized, length = self.truncate(remove_markers(document), doc_limit)
             docs.append(tokenized)
             lengths.append(length)
+            counted += length
+            if max_input_tokens is not None and counted > max_input_tokens:
+                raise TooManyTokensError(
+                    f"the query and documents hold more than {max_input_tokens} tokens after "
+                    f"truncation ({counted} by document {done + 1} of {len(documents)})",
+                    max_input_tokens)
         groups = plan_blocks(lengths, query_tokens, max_length=limits.block_tokens,
                              block_size=limits.block_size, max_doc_length=doc_limit)
         blocks: list[PlannedBlock] = []

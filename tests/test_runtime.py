@@ -50,6 +50,22 @@ def test_empty_list_gives_empty_results(ranker_for):
     assert ranker_for("q8_0").rerank("q", []) == []
 
 
+def test_a_token_limit_stops_planning_at_the_document_that_passes_it(ranker_for):
+    """A server's --max-tokens: a thousand documents are not all tokenized to refuse them."""
+    from reranker.errors import TooManyTokensError
+
+    ranker = ranker_for("q8_0")
+    docs = ["word " * 100] * 1000
+    per_doc = ranker.count_tokens(docs[0])
+    limit = ranker.count_tokens("q") + 2 * per_doc
+    assert len(ranker.plan("q", docs[:2], max_input_tokens=limit).document_tokens) == 2
+    with pytest.raises(TooManyTokensError, match=rf"more than {limit} tokens .*\("
+                                                 rf"{limit + per_doc} by document 3 of 1000\)"):
+        ranker.plan("q", docs, max_input_tokens=limit)
+    with pytest.raises(ValueError, match="max_input_tokens"):
+        ranker.plan("q", docs, max_input_tokens=0)
+
+
 def test_numpy_integers_are_integers(converted, ranker_for):
     """As numpy computations hand them over; a bool (numpy's too) is still refused."""
     ranker = ranker_for("q8_0")

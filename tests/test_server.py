@@ -175,8 +175,10 @@ def test_the_token_limit_counts_the_query_as_scored(converted, ranker_for):
         assert refused.status_code == 413, refused.text
         error = refused.json()["error"]
         assert error["type"] == "too_many_tokens" and error["field"] == "documents"
-        assert f"hold {limit + ranker.count_tokens('one more')} tokens" in error["message"]
-        assert f"limit is {limit}" in error["message"]
+        assert (f"more than {limit} tokens after truncation ("
+                f"{limit + ranker.count_tokens('one more')} by document 4 of 4)"
+                in error["message"])
+        assert f"limit (--max-tokens) is {limit}" in error["message"]
     finally:
         server.stop()
 

@@ -22,6 +22,7 @@ from reranker.api_contract import (AnyRerankRequest, CohereV2Response, RequestEr
                                    RerankRequest, RerankResponse, TeiRank, TeiRerankRequest,
                                    cohere_v2_response, invalid_request,
                                    rerank_response, tei_response)
+from reranker.errors import TooManyTokensError
 from reranker.server.errors import ApiError
 from reranker.server.metrics import ServerMetrics
 from reranker.server.pool import ClientGone, QueueFull, QueueTimeout, RerankerPool, ShuttingDown
@@ -181,12 +182,13 @@ async def _rerank(body: RerankRequest, request: Request, settings: ServerSetting
 
     def work(reranker: Reranker, should_stop: Callable[[], bool]):
         # The plan scoring decodes counts the tokens: each text is tokenized once.
-        plan = reranker.plan(body.query, documents, instruction=body.instruction,
-                             max_doc_tokens=body.max_tokens_per_doc, should_stop=should_stop)
-        if plan.input_tokens > settings.max_tokens:
-            raise ApiError(413, "too_many_tokens", f"the query and documents hold "
-                           f"{plan.input_tokens} tokens after truncation; this server's limit "
-                           f"is {settings.max_tokens}", field="documents")
+        try:
+            plan = reranker.plan(body.query, documents, instruction=body.instruction,
+                                 max_doc_tokens=body.max_tokens_per_doc, should_stop=should_stop,
+                                 max_input_tokens=settings.max_tokens)
+        except TooManyTokensError as error:
+            raise ApiError(413, "too_many_tokens", f"{error}; this server's limit (--max-tokens) "
+                           f"is {error.limit}", field="documents") from None
         return reranker.score_plan(plan, should_stop=should_stop)
 
     pool: RerankerPool = request.app.state.pool

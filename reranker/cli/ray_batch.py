@@ -169,7 +169,10 @@ def _ray_session(address: str | None) -> Iterator[int]:
         started = True
     try:
         yield int(ray.cluster_resources().get("CPU", 1)), started
-    except ray.exceptions.ActorDiedError:
+    except ray.exceptions.RayError as e:
+        if not isinstance(e, ray.exceptions.ActorDiedError) or e.actor_init_failed:
+            # An exception (a bad model file) says why: its last line.
+            raise click.ClickException(f"the Ray job failed: {_last_line(e)}") from None
         from reranker.ray import REPLICA_RESTARTS
 
         raise click.ClickException(
@@ -178,8 +181,6 @@ def _ray_session(address: str | None) -> Iterator[int]:
             "Killed by the kernel for memory (see `dmesg`)? "
             "Each replica holds the KV cache of the longest request it meets: use fewer "
             "--replicas or a smaller --block-tokens, or split the largest requests") from None
-    except ray.exceptions.RayError as e:
-        raise click.ClickException(f"the Ray job failed: {_last_line(e)}") from None
     finally:
         if started:
             ray.shutdown()

@@ -185,7 +185,7 @@ def test_rerank_json_refuses_what_the_server_refuses(model, args):
     done = CliRunner().invoke(cli, ["rerank", "-m", str(model), *query, "--json", "-d", "a",
                                     *args])
     assert done.exit_code == 2, done.output
-    assert (args[0] if args[0] != "-q" else "--query") in done.output
+    assert (args[0] if args[0] != "-q" else "--query is empty") in done.output
     assert "Traceback" not in done.output
 
 

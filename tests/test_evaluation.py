@@ -135,6 +135,8 @@ def test_read_run_ignores_the_rank_column(tmp_path):
     ("q1 Q0 d1 1 nan t\n", "run.trec:1: score is NaN"),
     ("q1 Q0 d1 1 0.5 t\n\nq1 Q0 d1 2 0.4 t\n", "run.trec:3: document 'd1' appears twice"),
     (b"q1 Q0 d1 1 0.5 t\nq1 Q0 d\xe92 2 0.4 t\n", "run.trec:2: byte 0xe9 at character 8"),
+    ("", "run.trec holds no rows"),
+    ("\n  \n", "run.trec holds no rows"),
 ])
 def test_bad_run_files_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "run.trec"

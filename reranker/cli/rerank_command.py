@@ -91,8 +91,11 @@ def rerank(query, documents, documents_file, batch_file, model, projector, top_n
             return
         lines = list(batch_requests(batch_file))
     else:
-        if not query:
+        if query is None:
             raise click.UsageError("--query is required (or use --batch)")
+        if not query:
+            raise click.UsageError("--query is empty; give the text to rank the documents "
+                                   "against")
         check_text(query, "--query")
         if instruction is not None:
             check_text(instruction, "--instruction")

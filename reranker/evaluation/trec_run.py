@@ -39,6 +39,8 @@ def read_run(path: str | Path) -> Run:
             raise DatasetError.at(path, number, f"document {doc_id!r} appears twice "
                                                 f"for query {query_id!r}")
         scores[doc_id] = value
+    if not run:  # every metric would be 0, with nothing said
+        raise DatasetError(f"run file {path} holds no rows (qid Q0 docid rank score tag)")
     return run
 
 

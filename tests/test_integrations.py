@@ -453,3 +453,11 @@ def test_a_missing_framework_names_the_extra(module, blocked, extra):
                        f"import reranker.integrations.{module}")
     assert child.returncode != 0
     assert f"pip install '{extra}'" in child.stderr
+
+
+def test_engine_and_cpu_path_are_spelled_as_reranker_reads_them():
+    """" TORCH " is torch for Reranker and $RERANKER_ENGINE; the wrappers refused it."""
+    from reranker.integrations._shared import LoadOptions
+
+    options = LoadOptions(engine=" TORCH ", cpu_path="Plain")
+    assert (options.engine, options.cpu_path) == ("torch", "plain")

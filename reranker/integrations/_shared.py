@@ -40,8 +40,10 @@ class LoadOptions:
                 continue
             if not isinstance(value, str):
                 raise TypeError(f"{name} is {type(value).__name__}; expected str or None")
-            if value not in allowed:
+            # Spelled as Reranker reads it (" TORCH " is torch), so both accept the same.
+            if value.strip().lower() not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+            object.__setattr__(self, name, value.strip().lower())
 
     def given(self) -> dict:
         return {name: value for name, value in vars(self).items() if value is not None}

@@ -126,7 +126,12 @@ class PromptPlanner:
         size = max(PREFIX_CHARS, 8 * limit)
         previous: list[int] | None = None
         while size < len(text):
-            ids = self.encode(text[:size])
+            # Cut before a starter: NFC reorders a run of combining marks as a whole and may
+            # compose its first letter with its last mark, however long the run.
+            end = size
+            while end > 0 and unicodedata.combining(text[end]):
+                end -= 1
+            ids = self.encode(text[:end]) if end else []
             if len(ids) > limit:
                 if previous is not None and previous[:limit + 1] == ids[:limit + 1]:
                     return ids
@@ -180,6 +185,10 @@ class PromptPlanner:
         doc_limit = (limits.max_doc_tokens if max_doc_tokens is None
                      else min(int(max_doc_tokens), limits.max_doc_tokens))
         cut_query, query_tokens = self.truncate(remove_markers(query), limits.max_query_tokens)
+        if max_input_tokens is not None and query_tokens > max_input_tokens:
+            raise TooManyTokensError(f"the query alone holds {query_tokens} tokens after "
+                                     f"truncation, more than {max_input_tokens}",
+                                     max_input_tokens)
         if instruction is not None:
             instruction = remove_markers(instruction)
         docs, lengths = [], []

@@ -229,6 +229,10 @@ def test_missing_parts_of_the_layout(beir_dir):
      r"corpus.jsonl:2: byte 0xe9 at character 27 is not UTF-8"),  # Latin-1
     ("queries.jsonl", b'\xff\xfe{\x00', r"queries.jsonl:1: byte 0xff at character 1"),  # UTF-16
     ("qrels/test.tsv", b"q1\td1\t1\nq\x961\td1\t1\n", r"test.tsv:2: byte 0x96 at character 2"),
+    ("corpus.jsonl", '{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "emoji \\ud83d cut"}\n',
+     r'corpus.jsonl:2: "text" has an unpaired surrogate \(\\ud83d\) at character 7'),
+    ("queries.jsonl", '{"_id": "q1", "text": "\\udfff"}\n',
+     r'queries.jsonl:1: "text" has an unpaired surrogate'),
     ("corpus.jsonl", '{"_id": "d1", "text": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
      r"corpus.jsonl:1: not valid JSON \(arrays or objects nested too deeply"),
 ])
@@ -260,6 +264,14 @@ def test_bm25_without_the_package_says_what_to_install(beir_dir, monkeypatch):
 
 
 # -- eval end to end -------------------------------------------------------------------------
+
+def test_a_run_for_other_queries_is_refused(beir_dir, tmp_path):
+    """A run made for another dataset or split: every metric would be 0, silently."""
+    (tmp_path / "other.trec").write_text("q9 Q0 d1 1 3.0 x\nq8 Q0 d2 1 2.0 x\n")
+    with pytest.raises(DatasetError, match=r"ranks none of the 3 judged queries of split "
+                                           r"'test' \(it ranks q8, q9\); is it a run for"):
+        prepare_evaluation(beir_dir, run_file=tmp_path / "other.trec")
+
 
 def test_evaluate_reranking_on_a_run(beir_dir, ranker_for):
     ranker = ranker_for("q8_0")

@@ -64,6 +64,10 @@ def test_a_token_limit_stops_planning_at_the_document_that_passes_it(ranker_for)
         ranker.plan("q", docs, max_input_tokens=limit)
     with pytest.raises(ValueError, match="max_input_tokens"):
         ranker.plan("q", docs, max_input_tokens=0)
+    query = "a long query " * 50  # with no documents, the query alone is checked
+    with pytest.raises(TooManyTokensError,
+                       match=f"the query alone holds {ranker.count_tokens(query)} tokens"):
+        ranker.plan(query, [], max_input_tokens=1)
 
 
 def test_numpy_integers_are_integers(converted, ranker_for):

@@ -226,6 +226,10 @@ def test_a_compressed_body_is_named(server):
     assert response.status_code == 415
     error = response.json()["error"]
     assert "Content-Encoding: gzip" in error["message"] and error["field"] == "content-encoding"
+    # The same when the body was not compressed after all: the header is not ignored.
+    plain = httpx.post(server.url + "/v1/rerank", content='{"query":"q","documents":["a"]}',
+                       headers={"Content-Type": "application/json", "Content-Encoding": "br"})
+    assert plain.status_code == 415 and plain.json()["error"]["field"] == "content-encoding"
 
 
 def test_concurrent_clients_get_the_library_scores(server, ranker_for):

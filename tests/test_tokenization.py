@@ -73,6 +73,8 @@ def _long_texts() -> dict[str, str]:
         "words": " ".join("".join(rng.choice(letters) for _ in range(rng.randint(1, 12)))
                           for _ in range(40_000)),
         "multilingual": "\n".join(MULTILINGUAL) * 600,
+        # NFC reorders a run of marks as a whole: "a" composes with the last one.
+        "a run of combining marks": "a" + "\u0301" * 70_000 + "\u0316" + " word" * 20_000,
         **{f"long tokens: {name}": text for name, text in LONG_TOKENS.items()},
     }
 

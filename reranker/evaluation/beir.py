@@ -15,6 +15,7 @@ from reranker.evaluation.errors import DatasetError
 from reranker.evaluation.text_files import numbered_lines
 from reranker.evaluation.metrics import Qrels, queries_with_relevant_documents
 from reranker.json_text import parse_json
+from reranker.reranker import unpaired_surrogate
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,14 @@ def _jsonl_records(path: Path, text_fields: Sequence[str]) -> Iterator[tuple[str
         if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
             raise DatasetError.at(path, number, 'expected a string "_id"')
         for field in text_fields:
-            if not isinstance(record.get(field, ""), str):
+            value = record.get(field, "")
+            if not isinstance(value, str):
                 raise DatasetError.at(path, number, f'"{field}" must be a string')
+            position = unpaired_surrogate(value)  # JSON's "\ud83d" escape can write one
+            if position is not None:
+                raise DatasetError.at(path, number, f'"{field}" has an unpaired surrogate '
+                                      f"({repr(value[position])[1:-1]}) at character "
+                                      f"{position + 1}, which is not text")
         record_id = str(raw_id)
         if record_id in seen:
             raise DatasetError.at(path, number, f"duplicate _id {record_id!r} "

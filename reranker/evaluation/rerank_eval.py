@@ -53,6 +53,11 @@ def prepare_evaluation(dataset_dir: str | Path, *, split: str = "test",
     if bm25:
         candidates = bm25_candidates(dataset.corpus, {q: dataset.queries[q] for q in query_ids},
                                      depth=top_k)
+    elif not any(candidates.get(q) for q in query_ids):  # every metric would be 0
+        named = ", ".join(sorted(candidates)[:3]) + (", ..." if len(candidates) > 3 else "")
+        raise DatasetError(f"run file {run_file} ranks none of the {len(query_ids)} judged "
+                           f"queries of split {split!r} (it ranks {named}); is it a run for "
+                           "another dataset or split?")
     first_stage = "bm25" if bm25 else f"run {Path(run_file).name}"
     return EvaluationInput(dataset, candidates, query_ids, first_stage)
 

@@ -172,6 +172,9 @@ def create_app(settings: ServerSettings,
 
 async def _rerank(body: RerankRequest, request: Request, settings: ServerSettings,
                   metrics: ServerMetrics) -> RerankResponse:
+    unreadable = _unreadable_body(request)  # a Content-Encoding on a body that parsed
+    if unreadable is not None:
+        raise unreadable
     if body.model is not None and body.model not in settings.accepted_model_names:
         raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; "
                        f"this server serves {settings.model_name!r}", field="model")

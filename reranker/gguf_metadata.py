@@ -264,7 +264,8 @@ def _check_sizes(meta: GGUFMetadata) -> None:
                       else "a positive integer")
             raise ModelFileError(f"{meta.path}: {key} is {value!r}; it must be {wanted} (the "
                                  "file is damaged or was written wrongly)")
-    heads, kv_heads = meta.get(f"{arch}.attention.head_count"), meta.get(f"{arch}.attention.head_count_kv")
+    heads = meta.get(f"{arch}.attention.head_count")
+    kv_heads = meta.get(f"{arch}.attention.head_count_kv")
     if heads is not None and kv_heads is not None and heads % kv_heads:
         raise ModelFileError(f"{meta.path}: {arch}.attention.head_count ({heads}) is not a "
                              f"multiple of {arch}.attention.head_count_kv ({kv_heads}) (the file "

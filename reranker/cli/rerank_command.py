@@ -58,8 +58,8 @@ def _table(results: list[RerankResultItem]) -> str:
 @click.option("--no-documents", is_flag=True, help="Leave document texts out of JSON output.")
 @with_ray_options
 def rerank(query, documents, documents_file, batch_file, model, projector, top_n, instruction,
-           max_tokens_per_doc, threads, block_tokens, cpu_path, engine, as_json, no_documents, use_ray,
-           ray_address, replicas, threads_per_replica, output) -> None:
+           max_tokens_per_doc, threads, block_tokens, cpu_path, engine, as_json, no_documents,
+           use_ray, ray_address, replicas, threads_per_replica, output) -> None:
     """Rank documents by relevance to a query, best first.
 
     Documents come from --document options, --documents-file, or standard input

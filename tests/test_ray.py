@@ -361,18 +361,23 @@ def test_a_model_no_replica_can_load_fails_the_job_with_its_reason(local_ray, ru
     assert not out.exists() and not list(tmp_path.glob(".out.jsonl.*"))
 
 
-def _raylet_pids() -> set[int]:
-    """The raylet processes on this machine (one per running Ray instance)."""
+def _pids_whose_command(matches) -> set[int]:
+    """The processes on this machine whose command line (NUL-separated bytes) `matches`."""
     pids = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as file:
-                    if b"raylet" in file.read().split(b"\0")[0]:
+                    if matches(file.read()):
                         pids.add(int(entry))
             except OSError:  # gone meanwhile
                 pass
     return pids
+
+
+def _raylet_pids() -> set[int]:
+    """The raylet processes on this machine (one per running Ray instance)."""
+    return _pids_whose_command(lambda command: b"raylet" in command.split(b"\0")[0])
 
 
 @pytest.mark.slow
@@ -417,16 +422,7 @@ def test_ctrl_c_mid_job_leaves_no_output_and_stops_its_ray(converted, tmp_path):
 
 def _replica_pids() -> set[int]:
     """The processes of this machine's rerank replicas (Ray names each after its class)."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as file:
-                    if b"RerankReplica" in file.read():
-                        pids.add(int(entry))
-            except OSError:
-                pass
-    return pids
+    return _pids_whose_command(lambda command: b"RerankReplica" in command)
 
 
 @pytest.mark.slow

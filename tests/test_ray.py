@@ -380,6 +380,31 @@ def _raylet_pids() -> set[int]:
     return _pids_whose_command(lambda command: b"raylet" in command.split(b"\0")[0])
 
 
+def _start_ray_batch(converted, tmp_path, requests: int):
+    """The real `rerank --batch --ray` command as a child process, on `requests` requests;
+    with its answers file and the file its stderr goes to (a pipe could fill with Ray's
+    progress and stall it)."""
+    batch = _batch_file(tmp_path, _requests(requests))
+    output = tmp_path / "answers.jsonl"
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        job = subprocess.Popen([sys.executable, "-m", "reranker.cli.main", "rerank", "-m",
+                                str(converted("q8_0")), "--batch", str(batch), "--ray",
+                                "--replicas", "1", "--output", str(output)],
+                               stdout=subprocess.DEVNULL, stderr=stderr)
+    return job, output, log
+
+
+def _wait_until_writing(job, tmp_path, log, deadline: float) -> None:
+    """Until the job's temporary answers file exists: replicas are answering."""
+    import time
+
+    while not list(tmp_path.glob(".answers.jsonl.*.tmp")):
+        assert job.poll() is None, log.read_text(errors="replace")[-2000:]
+        assert time.monotonic() < deadline, "the job never started writing"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_ctrl_c_mid_job_leaves_no_output_and_stops_its_ray(converted, tmp_path):
     """The real command, interrupted as Ctrl-C interrupts it (SIGINT) while answers are
@@ -387,21 +412,10 @@ def test_ctrl_c_mid_job_leaves_no_output_and_stops_its_ray(converted, tmp_path):
     and stops the Ray instance it started."""
     import time
 
-    batch = _batch_file(tmp_path, _requests(4000))  # long enough to be caught mid-job
-    output = tmp_path / "answers.jsonl"
-    log = tmp_path / "stderr.txt"  # a file: Ray's progress could fill a pipe and stall it
     before = _raylet_pids()
-    with open(log, "wb") as stderr:
-        job = subprocess.Popen([sys.executable, "-m", "reranker.cli.main", "rerank", "-m",
-                                str(converted("q8_0")), "--batch", str(batch), "--ray",
-                                "--replicas", "1", "--output", str(output)],
-                               stdout=subprocess.DEVNULL, stderr=stderr)
+    job, output, log = _start_ray_batch(converted, tmp_path, 4000)  # long enough to be caught
     try:
-        deadline = time.monotonic() + 240
-        while not list(tmp_path.glob(".answers.jsonl.*.tmp")):  # writing has begun
-            assert job.poll() is None, log.read_text(errors="replace")[-2000:]
-            assert time.monotonic() < deadline, "the job never started writing"
-            time.sleep(0.2)
+        _wait_until_writing(job, tmp_path, log, time.monotonic() + 240)
         started = _raylet_pids() - before
         assert started, "the command's own Ray instance is not running"
         time.sleep(2)
@@ -435,23 +449,13 @@ def test_a_replica_that_keeps_dying_ends_the_job(converted, tmp_path):
 
     from reranker.ray import REPLICA_RESTARTS
 
-    batch = _batch_file(tmp_path, _requests(3000))
-    output = tmp_path / "answers.jsonl"
-    log = tmp_path / "stderr.txt"
     before = _replica_pids()
-    with open(log, "wb") as stderr:
-        job = subprocess.Popen([sys.executable, "-m", "reranker.cli.main", "rerank", "-m",
-                                str(converted("q8_0")), "--batch", str(batch), "--ray",
-                                "--replicas", "1", "--output", str(output)],
-                               stdout=subprocess.DEVNULL, stderr=stderr)
+    job, output, log = _start_ray_batch(converted, tmp_path, 3000)
     killed = set()
     try:
         deadline = time.monotonic() + 300
         # Killed once it answers: a replica that dies while loading ends the job at once.
-        while not list(tmp_path.glob(".answers.jsonl.*.tmp")):
-            assert job.poll() is None, log.read_text(errors="replace")[-2000:]
-            assert time.monotonic() < deadline, "the job never started writing"
-            time.sleep(0.2)
+        _wait_until_writing(job, tmp_path, log, deadline)
         while job.poll() is None:
             assert time.monotonic() < deadline, f"still running after {len(killed)} kills"
             for pid in _replica_pids() - before - killed:

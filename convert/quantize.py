@@ -1,7 +1,24 @@
-"""Requantize a GGUF with llama.cpp's own quantizer (k-quants, i-quants, legacy types)."""
+"""Requantize a GGUF with llama.cpp's own quantizer (k-quants, i-quants, legacy types).
+
+The quantizer runs in a child process. In-process it could be neither stopped (it has no
+abort callback: on Ctrl-C it went on for minutes in a thread, burning both cores of a
+notebook's kernel) nor survived (an abort in ggml ends the whole process). A child is
+killed on an interrupt, and its death is a ConversionError. Its llama.cpp log lines come
+back to this process's `reranker.llama_cpp` logger.
+
+The child is `python -m convert.quantize`, not a multiprocessing worker: spawn would
+re-run the caller's `__main__`, which breaks scripts without a `__main__` guard.
+"""
 from __future__ import annotations
 
+import json
+import logging
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 from convert.errors import ConversionError
@@ -15,24 +32,106 @@ def run_llama_quantizer(source: Path, destination: Path, target: FileType,
     llama.cpp copies every metadata key to the output, so the projector and the
     provenance keys travel with the weights.
     """
-    import llama_cpp
+    from reranker.llama_logging import logger  # with its NullHandler: silent unless asked
 
-    from reranker.interrupts import run_interruptibly
-    from reranker.llama_logging import route_llama_logs, take_last_error
-
-    route_llama_logs()
-    take_last_error()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(target.ftype)
-    params.nthread = n_threads or 0  # 0: llama.cpp uses the hardware's thread count
-    # os.fsencode: a file name that is not UTF-8 reaches the C library as its own bytes.
-    # llama.cpp's quantizer cannot be stopped: on Ctrl-C it is left to finish in its own
-    # thread, writing into a temporary file the caller removes (a removed file's writes
-    # go nowhere); waiting for it would hold Ctrl-C up for minutes.
-    status = run_interruptibly(
-        lambda: llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(destination),
-                                               params), wait=False)
-    if status != 0:
-        reason = take_last_error() or f"status {status}"
+    if not sys.executable:
+        raise ConversionError("cannot start llama.cpp's quantizer: this Python does not know "
+                              "its own interpreter (sys.executable is empty)")
+    command = [sys.executable, "-m", "convert.quantize", os.fsdecode(source),
+               os.fsdecode(destination), str(int(target.ftype)), str(n_threads or 0),
+               str(logger.getEffectiveLevel())]
+    job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           env=_child_environment())
+    outcome: dict = {}
+    try:
+        for line in job.stdout:
+            message = _parse(line)
+            if message is None:  # something in the child printed to stdout itself
+                logger.debug("%s", line.decode(errors="replace").rstrip())
+            elif "log" in message:
+                level, text = message["log"]
+                logger.log(level, "%s", text)
+            else:
+                outcome = message
+        job.wait()
+    except BaseException:
+        job.kill()
+        job.wait()
+        raise
+    finally:
+        job.stdout.close()
+    if not outcome:
+        how = (f"signal {-job.returncode}" if job.returncode < 0
+               else f"exit code {job.returncode}")
+        raise ConversionError(f"llama.cpp's quantizer stopped with {how} while making "
+                              f"{target.name} (run with -v to see its log)")
+    if outcome["status"] != 0:
+        reason = outcome["error"] or f"status {outcome['status']}"
         raise ConversionError(f"llama.cpp's quantizer failed to make {target.name}: {reason} "
                               "(run with -v to see its log)")
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _child_environment() -> dict[str, str]:
+    """This process's environment, with the folder this package was imported from first
+    on the child's path (a checkout run without installing, or a test's copy)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+class _ToParent(logging.Handler):
+    """Each llama.cpp log line as a JSON line on stdout, which the parent reads."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _send({"log": [record.levelno, record.getMessage()]})
+
+
+def _send(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _end_with_parent() -> None:
+    """Exit when the parent is gone (killed outright: it had no chance to kill us), rather
+    than write on into a file nobody will rename."""
+    parent = os.getppid()
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _child(source: str, destination: str, ftype: int, n_threads: int, log_level: int) -> None:
+    # The terminal's Ctrl-C reaches the whole process group; the parent decides (it kills
+    # this process), and an interrupt raised in the log callback would only be swallowed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_with_parent, daemon=True).start()
+    import llama_cpp
+
+    from reranker.llama_logging import logger, route_llama_logs, take_last_error
+
+    logger.setLevel(log_level)
+    logger.addHandler(_ToParent())
+    logger.propagate = False
+    route_llama_logs()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = n_threads  # 0: llama.cpp uses the hardware's thread count
+    # os.fsencode: a file name that is not UTF-8 reaches the C library as its own bytes.
+    status = llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(destination),
+                                            params)
+    _send({"status": int(status), "error": take_last_error()})
+
+
+if __name__ == "__main__":
+    _source, _destination, _ftype, _threads, _level = sys.argv[1:]
+    _child(_source, _destination, int(_ftype), int(_threads), int(_level))

@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
 
+from processes import quantizer_pids
 from reranker import Reranker
 from reranker.cli.main import cli
 
@@ -414,6 +416,26 @@ def test_ctrl_c_during_llama_cpps_quantizer_writes_nothing(converted, tmp_path):
     assert job.returncode == 1 and "Aborted!" in stderr, stderr
     assert "Exception ignored" not in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # child processes
+def test_the_quantizer_ends_with_a_killed_command(converted, tmp_path):
+    """`kill -9` of the command leaves no quantizer running on (llama.cpp's quantizer is a
+    child process of the command, which had no chance to stop it)."""
+    before = quantizer_pids()
+    job = subprocess.Popen([sys.executable, "-m", "reranker.cli.main", "quantize",
+                            str(converted("f16")), "-t", "q4_k_m", "-o", str(tmp_path / "q.gguf"),
+                            "--threads", "1"], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not quantizer_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert quantizer_pids() - before, "the quantizer never started"
+    job.kill()
+    job.wait()
+    deadline = time.monotonic() + 10
+    while quantizer_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert quantizer_pids() - before == set()
 
 
 @pytest.mark.slow  # a child process

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import signal
 import struct
+import threading
+import time
 
 import gguf
 import numpy as np
@@ -14,6 +18,7 @@ from convert.api import convert_checkpoint, quantize_gguf
 from convert.errors import CheckpointError, ConversionError
 from convert.file_types import FILE_TYPES, USABLE_TYPE_NAMES
 from gguf_helpers import gguf_tensors
+from processes import quantizer_pids, run_python
 from reranker import Reranker
 from reranker.gguf_metadata import read_metadata
 from reranker.model_format import Keys
@@ -223,6 +228,75 @@ def test_requantize_carries_the_projector(converted, require_decode, tmp_path):
         np.testing.assert_array_equal(requantized.get(key), original.get(key))
     with Reranker(out, n_threads=2) as ranker:
         assert ranker.score("q", ["d"]).scores.shape == (1,)
+
+
+def test_the_quantizers_log_lines_reach_the_llama_cpp_logger(converted, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="reranker.llama_cpp")
+    quantize_gguf(converted("f16"), tmp_path / "q.gguf", "q8_0")
+    lines = [r.getMessage() for r in caplog.records if r.name == "reranker.llama_cpp"]
+    assert any("converting to q8_0" in line for line in lines), lines[-5:]
+
+
+@pytest.mark.slow  # a quantization killed midway
+def test_a_quantizer_that_dies_is_an_error_not_the_end_of_the_process(converted, tmp_path):
+    """ggml aborts the whole process on some misuse: the quantizer runs in a child, whose
+    death (here a real SIGABRT, as an abort sends) is a ConversionError with nothing written."""
+    source, out, errors = converted("f16"), tmp_path / "q.gguf", []
+
+    def quantize():
+        try:
+            quantize_gguf(source, out, "q4_k_m", n_threads=1)
+        except ConversionError as error:
+            errors.append(str(error))
+
+    before = quantizer_pids()
+    worker = threading.Thread(target=quantize)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not (started := quantizer_pids() - before) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert started, "the quantizer never started"
+    os.kill(started.pop(), signal.SIGABRT)
+    worker.join(60)
+    assert errors and "quantizer stopped with signal 6 while making q4_k_m" in errors[0], errors
+    assert list(tmp_path.iterdir()) == []
+
+
+STOP_QUANTIZING = """
+import os, signal, sys, threading, time
+from pathlib import Path
+from convert.api import quantize_gguf
+
+source, out = sys.argv[1], Path(sys.argv[2])
+
+def interrupt_once_quantizing():
+    while not any(p.stat().st_size for p in out.parent.glob(".q.gguf.*")):
+        time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=interrupt_once_quantizing, daemon=True).start()
+try:
+    quantize_gguf(source, out, "q4_k_m", n_threads=1)
+    print("finished")
+except KeyboardInterrupt:
+    cpu = time.process_time()
+    time.sleep(1.0)
+    print(f"interrupted; cpu seconds in the next second: {time.process_time() - cpu:.2f}")
+"""
+
+
+@pytest.mark.slow  # a child process
+def test_ctrl_c_stops_a_library_quantization(converted, tmp_path):
+    """An interrupt in a long-lived Python process (a notebook's kernel, say) stops the
+    quantizer: it went on in a thread, using the CPU into a file already removed."""
+    before = quantizer_pids()
+    child = run_python(STOP_QUANTIZING, converted("f16"), tmp_path / "q.gguf")
+    assert child.returncode == 0, child.stderr[-2000:]
+    outcome = child.stdout.strip()
+    assert outcome.startswith("interrupted"), outcome
+    assert float(outcome.rsplit(" ", 1)[1]) < 0.2, outcome
+    assert quantizer_pids() - before == set()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_requantizing_a_quantized_file_is_refused(converted, tmp_path):

@@ -7,8 +7,6 @@ import asyncio
 import copy
 import gc
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -34,8 +32,8 @@ from reranker.integrations._shared import SharedModel, shared_models  # noqa: E4
 from reranker.integrations.haystack import RerankerRanker  # noqa: E402
 from reranker.integrations.langchain import RerankerCompressor  # noqa: E402
 from reranker.integrations.llama_index import RerankerPostprocessor  # noqa: E402
+from processes import run_python  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 QUERY = "What is the capital of France?"
 TEXTS = ["Berlin is the capital of Germany.", "Paris is the capital of France.",
          "Bananas are yellow.", "", "France borders Spain and Italy.",
@@ -428,14 +426,8 @@ def test_missing_model_file_fails_where_the_wrapper_is_built(tmp_path):
 
 # -- imports -----------------------------------------------------------------------------
 
-def _run_child(script: str) -> subprocess.CompletedProcess:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": path},
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_importing_reranker_imports_no_framework():
-    child = _run_child(
+    child = run_python(
         "import sys, reranker, reranker.integrations, reranker.integrations._shared\n"
         "found = sorted({m.split('.')[0] for m in sys.modules} & "
         "{'langchain_core', 'langchain_classic', 'llama_index', 'haystack'})\n"
@@ -449,7 +441,7 @@ def test_importing_reranker_imports_no_framework():
     ("llama_index", "llama_index", "reranker[llama-index]"),
     ("haystack", "haystack", "reranker[haystack]")])
 def test_a_missing_framework_names_the_extra(module, blocked, extra):
-    child = _run_child(f"import sys\nsys.modules[{blocked!r}] = None\n"
+    child = run_python(f"import sys\nsys.modules[{blocked!r}] = None\n"
                        f"import reranker.integrations.{module}")
     assert child.returncode != 0
     assert f"pip install '{extra}'" in child.stderr

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from reranker.cli.main import cli
+from processes import pids_whose_command
 from texts import MULTILINGUAL
 
 ray = pytest.importorskip("ray")
@@ -361,23 +362,9 @@ def test_a_model_no_replica_can_load_fails_the_job_with_its_reason(local_ray, ru
     assert not out.exists() and not list(tmp_path.glob(".out.jsonl.*"))
 
 
-def _pids_whose_command(matches) -> set[int]:
-    """The processes on this machine whose command line (NUL-separated bytes) `matches`."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as file:
-                    if matches(file.read()):
-                        pids.add(int(entry))
-            except OSError:  # gone meanwhile
-                pass
-    return pids
-
-
 def _raylet_pids() -> set[int]:
     """The raylet processes on this machine (one per running Ray instance)."""
-    return _pids_whose_command(lambda command: b"raylet" in command.split(b"\0")[0])
+    return pids_whose_command(lambda command: b"raylet" in command.split(b"\0")[0])
 
 
 def _start_ray_batch(converted, tmp_path, requests: int):
@@ -436,7 +423,7 @@ def test_ctrl_c_mid_job_leaves_no_output_and_stops_its_ray(converted, tmp_path):
 
 def _replica_pids() -> set[int]:
     """The processes of this machine's rerank replicas (Ray names each after its class)."""
-    return _pids_whose_command(lambda command: b"RerankReplica" in command)
+    return pids_whose_command(lambda command: b"RerankReplica" in command)
 
 
 @pytest.mark.slow

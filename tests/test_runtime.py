@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from reranker import (InputTooLongError, ModelFileError, Reranker, RerankerClosedError,
                       RerankerError)
+from processes import run_python
 from texts import LONG_TOKENS
 
 DOCS = ["Paris is the capital of France.", "", "Berlin is the capital of Germany.",
@@ -292,16 +291,6 @@ def test_a_with_block_closes_the_reranker_even_on_an_error(converted):
         ranker.count_tokens("a")
 
 
-def _run_child(script: str, *args) -> subprocess.CompletedProcess:
-    """Run `script` in a fresh interpreter on this checkout: a segfault there is an exit code
-    (-11) to assert on instead of the end of the test session."""
-    root = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
-    return subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 CLOSE_DURING_RERANK = """
 import json, sys, threading, time
 from reranker import Reranker, RerankerClosedError
@@ -338,7 +327,7 @@ def test_close_waits_for_a_running_rerank(converted):
     """close() from another thread while a rerank decodes: the rerank returns its results,
     close() returns after it, the next call raises. Run in a child process, where a use of
     freed llama.cpp objects (which this once was) kills only the child."""
-    child = _run_child(CLOSE_DURING_RERANK, converted("q8_0"))
+    child = run_python(CLOSE_DURING_RERANK, converted("q8_0"))
     assert child.returncode == 0, child.stderr[-2000:]
     events = json.loads(child.stdout.splitlines()[-1])
     assert [e[0] for e in events] == ["rerank returned", "close returned", "next call raised"]
@@ -381,7 +370,7 @@ def test_close_at_any_point_of_concurrent_calls_never_crashes(converted):
     """Three threads call the Reranker and its engine in a loop while close() comes at a
     random moment, eight times: each loop must end with RerankerClosedError, never a crash.
     Run in a child process so that a segfault fails this test instead of killing pytest."""
-    child = _run_child(CLOSE_AT_RANDOM_POINTS, converted("q8_0"))
+    child = run_python(CLOSE_AT_RANDOM_POINTS, converted("q8_0"))
     assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
     assert child.stdout.strip() == "ok"
 

@@ -1,0 +1,36 @@
+"""Finding processes by their command line, for tests that check what is left running."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def pids_whose_command(matches) -> set[int]:
+    """The processes on this machine whose command line (NUL-separated bytes) `matches`."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as file:
+                    if matches(file.read()):
+                        pids.add(int(entry))
+            except OSError:  # gone meanwhile
+                pass
+    return pids
+
+
+def quantizer_pids() -> set[int]:
+    """The processes running llama.cpp's quantizer (convert/quantize.py's child)."""
+    return pids_whose_command(lambda command: b"convert.quantize" in command)
+
+
+def run_python(script: str, *args) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter on this checkout: a crash there (a segfault, an
+    abort) is an exit code to assert on instead of the end of the test session."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)],
+                          env={**os.environ, "PYTHONPATH": path}, capture_output=True,
+                          text=True, timeout=300)

@@ -12,7 +12,7 @@ from convert.errors import ConversionError
 from convert.file_types import file_type
 from convert.gguf_export import ProgressCallback, SourceInfo, write_gguf
 from convert.hub import resolve_checkpoint
-from convert.output import atomic_output, check_output_path, scratch_file
+from convert.output import atomic_output, check_not_an_input, check_output_path, scratch_file
 from convert.quantize import run_llama_quantizer
 from convert.vocab import read_vocabulary
 from reranker.errors import ModelFileError
@@ -56,7 +56,7 @@ def convert_checkpoint(source: str | Path, outfile: str | Path, type_name: str =
     stage = on_stage or (lambda _text: None)
 
     resolved = resolve_checkpoint(source, revision)
-    _check_not_a_source_file(outfile, resolved.directory)
+    check_not_an_input(outfile, resolved.directory.iterdir())  # its weights, say
     ckpt = load_checkpoint(resolved.directory)
     vocab = read_vocabulary(ckpt.tokenizer_json, ckpt.shape.vocab_size)
     stage("hashing the source weights")
@@ -77,17 +77,6 @@ def convert_checkpoint(source: str | Path, outfile: str | Path, type_name: str =
                              time.monotonic() - started, resolved.name)
 
 
-def _check_not_a_source_file(outfile: Path, checkpoint: Path) -> None:
-    """`--force` must not replace a file of the checkpoint being read (its weights, say)."""
-    if not outfile.exists():
-        return
-    target = outfile.resolve()
-    for source in checkpoint.iterdir():
-        if source.resolve() == target:
-            raise ConversionError(f"{outfile} is {source.name} of the checkpoint being "
-                                  "converted; choose another --outfile")
-
-
 def quantize_gguf(infile: str | Path, outfile: str | Path, type_name: str, *,
                   force: bool = False, n_threads: int | None = None) -> ConversionSummary:
     """Requantize an F32/F16/BF16 reranker GGUF; the projector is carried along."""
@@ -106,8 +95,7 @@ def quantize_gguf(infile: str | Path, outfile: str | Path, type_name: str, *,
     if ftype not in FLOAT_FILE_TYPES:
         raise ConversionError(f"{infile} is {file_type_name(ftype)}; requantize from an f32, f16 "
                               "or bf16 file to avoid compounding quantization error")
-    if infile.resolve() == outfile.resolve():
-        raise ConversionError("input and output are the same file; choose another --outfile")
+    check_not_an_input(outfile, [infile])
     if ftype == int(target.ftype):
         raise ConversionError(f"{infile} is already {target.name}")
     with atomic_output(outfile, force) as tmp:

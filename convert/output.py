@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from convert.errors import ConversionError
@@ -33,6 +33,17 @@ def check_output_path(path: Path, force: bool) -> None:
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise ConversionError(f"output directory {path.parent} is not writable (read-only or "
                               "another user's); choose another output path")
+
+
+def check_not_an_input(output: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an output that is one of the command's own inputs (by name, link or hard
+    link): writing it would destroy what is being read, a model that took hours to make."""
+    if not output.exists():
+        return
+    for source in inputs:
+        if source is not None and Path(source).exists() and os.path.samefile(output, source):
+            raise ConversionError(f"output {output} is the input {source}; writing it would "
+                                  "destroy that input: choose another output path")
 
 
 def _temporary_beside(path: Path, kind: str = "") -> Path:

@@ -299,6 +299,18 @@ def test_ctrl_c_stops_a_library_quantization(converted, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_quantize_never_overwrites_its_input(converted, tmp_path):
+    source = tmp_path / "model.gguf"
+    shutil.copy(converted("f16"), source)
+    os.link(source, tmp_path / "hard-link.gguf")
+    before = source.read_bytes()
+    for output in (source, tmp_path / "hard-link.gguf",
+                   tmp_path / ".." / tmp_path.name / "model.gguf"):
+        with pytest.raises(ConversionError, match="is the input .*model.gguf; writing it would"):
+            quantize_gguf(source, output, "q8_0", force=True)
+    assert source.read_bytes() == before
+
+
 def test_requantizing_a_quantized_file_is_refused(converted, tmp_path):
     with pytest.raises(ConversionError, match="q8_0.*requantize from an f32, f16 or bf16"):
         quantize_gguf(converted("q8_0"), tmp_path / "x.gguf", "q4_k_m")
@@ -339,12 +351,12 @@ def test_force_never_overwrites_the_checkpoint_being_read(tiny_checkpoint, tmp_p
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, checkpoint)
     before = (checkpoint / name).read_bytes()
-    with pytest.raises(ConversionError, match=f"is {name} of the checkpoint being converted"):
+    with pytest.raises(ConversionError, match=f"is the input .*{name}; writing it would destroy"):
         convert_checkpoint(checkpoint, checkpoint / name, "f16", force=True)
     assert (checkpoint / name).read_bytes() == before
     # Through a symbolic link too.
     (tmp_path / "link.gguf").symlink_to(checkpoint / name)
-    with pytest.raises(ConversionError, match="of the checkpoint being converted"):
+    with pytest.raises(ConversionError, match=f"is the input .*{name}"):
         convert_checkpoint(checkpoint, tmp_path / "link.gguf", "f16", force=True)
 
 

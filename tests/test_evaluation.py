@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 
 import pytest
@@ -145,6 +146,14 @@ def test_bad_run_files_name_file_and_line(tmp_path, content, message):
         read_run(path)
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    """Windows editors and PowerShell start UTF-8 files with one: the first row's query id
+    became "\ufeffq1", and the run lost that row without a word."""
+    path = tmp_path / "run.trec"
+    path.write_bytes(b"\xef\xbb\xbfq1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 0.4 t\n")
+    assert read_run(path) == {"q1": {"d1": 0.5, "d2": 0.4}}
+
+
 def test_missing_run_file(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         read_run(tmp_path / "nope.trec")
@@ -188,6 +197,18 @@ def beir_dir(tmp_path):
     return folder
 
 
+def test_byte_order_marks_and_repeated_judgments_are_read(beir_dir):
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        path = beir_dir / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with open(beir_dir / "qrels" / "test.tsv", "a") as qrels:
+        qrels.write("q1\td1\t2\n")  # the same judgment again
+    dataset = load_dataset(beir_dir)
+    assert set(dataset.corpus) == {"d1", "d2", "d3", "d4", "d5", "6"}
+    assert set(dataset.queries) == {"q1", "q2", "q3", "q4", "q5"}
+    assert dataset.qrels["q1"] == {"d1": 2, "d2": 1}
+
+
 def test_load_a_beir_dataset(beir_dir):
     dataset = load_dataset(beir_dir)
     assert dataset.name == "tiny-beir" and dataset.split == "test"
@@ -225,6 +246,11 @@ def test_missing_parts_of_the_layout(beir_dir):
      r"test.tsv:2: relevance 'yes' is not an integer"),
     ("qrels/test.tsv", "q1\td1\t1\nq7\td1\t1\n",
      r"test.tsv:2: query 'q7' is not in .*queries.jsonl"),
+    # A first line with a number is a judgment, not a header to skip.
+    ("qrels/test.tsv", "q1\td1\t1.0\nq2\td4\t1\n",
+     r"test.tsv:1: relevance '1.0' is not an integer"),
+    ("qrels/test.tsv", "q1\td1\t2\nq2\td4\t1\nq1\td1\t0\n",
+     r"test.tsv:3: query 'q1' and document 'd1' were judged 2 on an earlier line and 0 here"),
     ("corpus.jsonl", b'{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "caf\xe9"}\n',
      r"corpus.jsonl:2: byte 0xe9 at character 27 is not UTF-8"),  # Latin-1
     ("queries.jsonl", b'\xff\xfe{\x00', r"queries.jsonl:1: byte 0xff at character 1"),  # UTF-16
@@ -358,6 +384,19 @@ def test_eval_command_errors_are_one_line(runner, beir_dir, converted, tmp_path)
     done = runner.invoke(cli, ["eval", str(beir_dir), "--run", str(tmp_path / "run.trec"),
                                "-m", model, "--json-report", str(tmp_path / "no" / "r.json")])
     assert done.exit_code == 2 and "does not exist" in done.output
+
+
+def test_the_report_never_overwrites_an_input(runner, beir_dir, converted, tmp_path):
+    model = tmp_path / "model.gguf"
+    shutil.copy(converted("q8_0"), model)
+    inputs = [tmp_path / "run.trec", model, beir_dir / "corpus.jsonl",
+              beir_dir / "qrels" / "test.tsv"]
+    before = [path.read_bytes() for path in inputs]
+    for report in inputs:
+        done = runner.invoke(cli, ["eval", str(beir_dir), "--run", str(tmp_path / "run.trec"),
+                                   "-m", str(model), "--json-report", str(report)])
+        assert done.exit_code == 2 and "writing it would destroy that input" in done.output
+    assert [path.read_bytes() for path in inputs] == before
 
 
 def test_an_unwritable_report_directory_stops_eval_before_it_runs(runner, beir_dir, tmp_path,

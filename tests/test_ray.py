@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -247,6 +248,18 @@ def test_unusable_parquet_input_is_refused_before_ray_starts(runner, converted, 
                                    "-o", str(out)])
         assert done.exit_code == 1 and message in done.output, done.output
         assert "Traceback" not in done.output and not out.exists()
+
+
+def test_the_output_never_overwrites_an_input(runner, converted, tmp_path):
+    batch = _batch_file(tmp_path, _requests(2))
+    model = tmp_path / "model.gguf"
+    shutil.copy(converted("q8_0"), model)
+    before = batch.read_bytes(), model.read_bytes()
+    for output in (batch, model):
+        done = runner.invoke(cli, ["rerank", "-m", str(model), "--batch", str(batch), "--ray",
+                                   "-o", str(output)])
+        assert done.exit_code == 2 and "writing it would destroy that input" in done.output
+    assert (batch.read_bytes(), model.read_bytes()) == before
 
 
 def test_plain_cli_never_imports_ray():

@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 
 from convert.errors import ConversionError
-from convert.output import atomic_output, check_output_path
+from convert.output import atomic_output, check_not_an_input, check_output_path
 from reranker import Reranker
 from reranker.evaluation.compare import (RerankRequest, compare_models, ladder_files,
                                          quantization_ladder, requests_from_evaluation)
+from reranker.evaluation.beir import dataset_files
 from reranker.evaluation.rerank_eval import (EvaluationReport, evaluate_reranking,
                                              prepare_evaluation)
 from reranker.cli.documents_input import input_name, read_batch
@@ -81,6 +82,16 @@ def _report_text(report: EvaluationReport) -> str:
     return "\n".join(lines)
 
 
+def _check_report_path(json_report: Path | None, inputs: list[Path | None]) -> None:
+    if json_report is None:
+        return
+    try:
+        check_output_path(json_report, force=True)
+        check_not_an_input(json_report, inputs)
+    except ConversionError as e:
+        raise click.UsageError(f"--json-report: {e}") from None
+
+
 @click.command("eval")
 @click.argument("dataset_dir", type=click.Path(file_okay=False, path_type=Path))
 @candidate_options
@@ -109,12 +120,10 @@ def evaluate(dataset_dir: Path, run_file: Path | None, bm25: bool, top_k: int, s
           --json-report scifact-q4_k_m.json
     """
     _check_one_first_stage(run_file, bm25)
-    if json_report is not None:
-        try:  # before the evaluation, not after it
-            check_output_path(json_report, force=True)
-        except ConversionError as e:
-            raise click.UsageError(f"--json-report: {e}") from None
+    # The report's path is checked before the evaluation, not after it.
+    _check_report_path(json_report, [run_file, *dataset_files(dataset_dir, split)])
     model_path = resolve_model(model)
+    _check_report_path(json_report, [model_path])
     bars = ProgressBars()
     with friendly_errors():
         click.echo(f"loading {dataset_dir}...", err=True)

@@ -18,6 +18,8 @@ from typing import IO
 
 import click
 
+from convert.errors import ConversionError
+from convert.output import check_not_an_input
 from reranker.cli.documents_input import InputError, batch_requests, input_name
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -103,6 +105,12 @@ def run_ray_batch(batch_file: IO[bytes], job: RayJob, model_path: Path,
     from reranker.ray.summary import JobSummary
 
     name = input_name(batch_file)
+    if job.output is not None:
+        batch_path = batch_file.name if isinstance(getattr(batch_file, "name", None), str) else None
+        try:
+            check_not_an_input(job.output.expanduser(), [model_path, batch_path])
+        except ConversionError as e:
+            raise click.UsageError(f"--output: {e}") from None
     parquet = is_parquet(name)
     # Read before Ray starts, so that an unreadable input costs no cluster start-up.
     table = _read_parquet(name) if parquet else None

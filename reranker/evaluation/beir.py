@@ -56,6 +56,13 @@ class BeirDataset:
         return texts
 
 
+def dataset_files(directory: str | Path, split: str = "test") -> list[Path]:
+    """The files a split of the dataset is read from (whether or not they exist)."""
+    directory = Path(directory)
+    return [directory / "corpus.jsonl", directory / "queries.jsonl",
+            directory / "qrels" / f"{split}.tsv"]
+
+
 def load_dataset(directory: str | Path, split: str = "test", *,
                  only_documents: Collection[str] | None = None) -> BeirDataset:
     """Load a BEIR dataset directory; `only_documents` keeps just those corpus entries
@@ -63,25 +70,23 @@ def load_dataset(directory: str | Path, split: str = "test", *,
     directory = Path(directory)
     if not directory.is_dir():
         raise DatasetError(f"dataset directory {directory} does not exist")
-    qrels_path = directory / "qrels" / f"{split}.tsv"
+    corpus_path, queries_path, qrels_path = dataset_files(directory, split)
     if not qrels_path.is_file():
         splits = sorted(p.stem for p in (directory / "qrels").glob("*.tsv"))
         found = ", ".join(splits) if splits else "none"
         raise DatasetError(f"no qrels for split {split!r}: {qrels_path} does not exist "
                            f"(splits found: {found})")
-    queries_path = _required_file(directory, "queries.jsonl")
-    corpus_path = _required_file(directory, "corpus.jsonl")
+    _require(queries_path)
+    _require(corpus_path)
     queries = load_queries(queries_path)
     qrels = load_qrels(qrels_path, known_queries=queries, queries_path=queries_path)
     return BeirDataset(directory, split, load_corpus(corpus_path, only_documents), queries, qrels)
 
 
-def _required_file(directory: Path, name: str) -> Path:
-    path = directory / name
+def _require(path: Path) -> None:
     if not path.is_file():
-        raise DatasetError(f"no {name} in {directory} (expected the BEIR layout: corpus.jsonl, "
-                           "queries.jsonl, qrels/<split>.tsv)")
-    return path
+        raise DatasetError(f"no {path.name} in {path.parent} (expected the BEIR layout: "
+                           "corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
 
 
 def _jsonl_records(path: Path, text_fields: Sequence[str]) -> Iterator[tuple[str, dict]]:
@@ -151,15 +156,29 @@ def load_qrels(path: str | Path, *, known_queries: Collection[str] | None = None
                                   f"expected 3 tab-separated columns (query-id, corpus-id, "
                                   f"score), got {len(columns)}")
         query_id, doc_id, score = (c.strip() for c in columns)
+        if may_be_header and not _is_number(score):  # the header BEIR writes
+            continue
         try:
             relevance = int(score)
         except ValueError:
-            if may_be_header:  # the header BEIR writes
-                continue
             raise DatasetError.at(path, number,
                                   f"relevance {score!r} is not an integer") from None
         if known_queries is not None and query_id not in known_queries:
             raise DatasetError.at(path, number, f"query {query_id!r} is not in "
                                                 f"{queries_path or 'the queries'}")
-        qrels.setdefault(query_id, {})[doc_id] = relevance
+        judged = qrels.setdefault(query_id, {})
+        if judged.get(doc_id, relevance) != relevance:
+            raise DatasetError.at(path, number,
+                                  f"query {query_id!r} and document {doc_id!r} were judged "
+                                  f"{judged[doc_id]} on an earlier line and {relevance} here; "
+                                  "keep one judgment")
+        judged[doc_id] = relevance
     return qrels
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

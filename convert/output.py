@@ -19,6 +19,9 @@ from convert.errors import ConversionError
 
 logger = logging.getLogger(__name__)
 _SUFFIX = ".partial"
+# What a temporary file's name adds to its output's: ".", ".PID" (up to 7 digits),
+# ".RANDOM" (8), a kind such as ".bf16" and ".partial".
+_TEMPORARY_NAME_EXTRA = 1 + 8 + 9 + 5 + len(_SUFFIX)
 
 
 def check_output_path(path: Path, force: bool) -> None:
@@ -33,6 +36,18 @@ def check_output_path(path: Path, force: bool) -> None:
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise ConversionError(f"output directory {path.parent} is not writable (read-only or "
                               "another user's); choose another output path")
+    longest = _name_max(path.parent) - _TEMPORARY_NAME_EXTRA
+    if len(os.fsencode(path.name)) > longest:
+        raise ConversionError(f"output name {path.name[:40]}... is {len(os.fsencode(path.name))} "
+                              f"bytes long; this filesystem allows {longest} for it (with its "
+                              "temporary file's suffix): choose a shorter name")
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def check_not_an_input(output: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
@@ -102,10 +117,27 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
     tmp = _temporary_beside(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        _move_into_place(tmp, path, force)
     except BaseException:  # KeyboardInterrupt included: never leave a partial file
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _move_into_place(tmp: Path, path: Path, force: bool) -> None:
+    """Rename `tmp` onto `path`; without `force`, only if `path` still does not exist: a
+    second run writing the same output meanwhile must not be replaced unseen."""
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if `path` exists, where a rename would replace it
+    except FileExistsError:
+        raise ConversionError(f"output {path} was written by another run meanwhile; pass "
+                              "--force to overwrite it") from None
+    except OSError:  # a filesystem without hard links: the existence check made earlier
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 @contextlib.contextmanager

@@ -7,15 +7,19 @@ each file's SHA-256 is recorded in the folder's `SHA256SUMS` (the format
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from convert.api import ConversionSummary, convert_checkpoint
 from convert.errors import CheckpointError
 from convert.hub import check_repo_id, hub_errors
 from convert.output import atomic_output
+from reranker.errors import ModelFileError
+from reranker.model_check import open_reranker_file
 from reranker.model_format import PROJECTOR_SIDECAR
+from reranker.reranker import unpaired_surrogate
 
 CHECKSUMS_FILE = "SHA256SUMS"
 
@@ -44,11 +48,19 @@ def record_checksums(models_dir: Path, paths: list[Path]) -> Path:
     return sums_path
 
 
+def source_name(source: str) -> str:
+    """What a model made from `source` is named after: a local directory by its own name
+    ("." and ".." by the folder they mean, "dir/" without the slash), a Hub id by its
+    repository's."""
+    path = Path(source.rstrip("/"))
+    return (path.resolve() if path.is_dir() else path).name or "model"
+
+
 def pull_converted(repo_id: str, type_name: str, models_dir: Path, *, revision: str | None = None,
                    force: bool = False, progress=None, on_stage=None) -> ConversionSummary:
     """Download a checkpoint through the Hugging Face cache and convert it into models_dir."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    outfile = models_dir / f"{repo_id.split('/')[-1]}-{type_name.lower()}.gguf"
+    outfile = models_dir / f"{source_name(repo_id)}-{type_name.lower()}.gguf"
     summary = convert_checkpoint(repo_id, outfile, type_name, revision=revision, force=force,
                                  progress=progress, on_stage=on_stage)
     record_checksums(models_dir, [outfile])
@@ -58,7 +70,15 @@ def pull_converted(repo_id: str, type_name: str, models_dir: Path, *, revision: 
 def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
                         revision: str | None = None, force: bool = False) -> list[Path]:
     """Copy one GGUF and the projector of a published GGUF repo (a Hub repo id, or a local
-    directory holding the two files) into models_dir/<repo>/."""
+    directory holding the two files) into models_dir/<repo>/.
+
+    Both are checked as the runtime opens them before anything is copied; a failed copy
+    takes back what this call wrote.
+    """
+    inside = PurePosixPath(filename)
+    if inside.is_absolute() or ".." in inside.parts or not inside.name:
+        raise CheckpointError(f"--file {filename!r} must name a file inside the repo (no "
+                              "absolute path, no ..)")
     local = Path(repo_id).expanduser()
     names = (filename, PROJECTOR_SIDECAR)
     if local.is_dir():
@@ -69,7 +89,6 @@ def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
         for source in sources:
             if not source.is_file():
                 raise CheckpointError(f"{source} does not exist")
-        target_dir = models_dir / local.resolve().name
     else:
         from huggingface_hub import hf_hub_download
 
@@ -78,14 +97,33 @@ def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
         for name in names:  # both fetched before models/ gets a folder for them
             with hub_errors(f"{repo_id}/{name}", revision):
                 sources.append(Path(hf_hub_download(repo_id, name, revision=revision)))
-        target_dir = models_dir / repo_id.split("/")[-1]
+    try:  # a wrong or cut-short file must not become the checksummed default model
+        open_reranker_file(sources[0], projector=sources[1])
+    except ModelFileError as error:
+        raise CheckpointError(f"{repo_id}: {error}") from None
+    target_dir = models_dir / source_name(repo_id)
+    for name in (target_dir.name, inside.name):
+        if unpaired_surrogate(name) is not None:  # SHA256SUMS is UTF-8 text
+            raise CheckpointError(f"{name.encode(errors='surrogateescape')!r} is not a UTF-8 "
+                                  "name; rename it")
+    created = not target_dir.exists()
     target_dir.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for name, cached in zip(names, sources):
-        destination = target_dir / name
-        with atomic_output(destination, force) as tmp:
-            # A real copy, not the cache's symlink: the folder must travel on its own.
-            shutil.copyfile(cached, tmp)
-        copied.append(destination)
-    record_checksums(models_dir, copied)
+    copied, new = [], []
+    try:
+        for name, cached in zip((inside.name, PROJECTOR_SIDECAR), sources):
+            destination = target_dir / name
+            if not destination.exists():
+                new.append(destination)
+            with atomic_output(destination, force) as tmp:
+                # A real copy, not the cache's symlink: the folder must travel on its own.
+                shutil.copyfile(cached, tmp)
+            copied.append(destination)
+        record_checksums(models_dir, copied)
+    except BaseException:
+        for path in new:  # a model without its projector (or checksum) is no use
+            path.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                target_dir.rmdir()
+        raise
     return copied

@@ -175,6 +175,10 @@ def read_metadata(path: str | Path) -> GGUFMetadata:
     """
     path = Path(path)
     try:
+        # Opening a FIFO waits for a writer: forever, for a command asked to inspect one.
+        if path.exists() and not path.is_dir() and not path.is_file():
+            raise ModelFileError(f"{path} is not a regular file (a pipe, socket or device); "
+                                 "give the path of a GGUF file")
         with open(path, "rb") as f:
             if path.stat().st_size < 24:
                 raise ModelFileError(f"{path}: too small to be a GGUF file")
@@ -193,6 +197,9 @@ def _parse(buf, path: Path) -> GGUFMetadata:
     if bytes(cursor.take(4)) != _MAGIC:
         raise ModelFileError(f"{path} is not a GGUF file (bad magic bytes)")
     version = cursor.scalar("<I")
+    if version not in (2, 3) and int.from_bytes(version.to_bytes(4, "little"), "big") in (2, 3):
+        raise ModelFileError(f"{path} is a big-endian GGUF, which llama.cpp reads only on "
+                             "big-endian machines; convert the model again here")
     if version not in (2, 3):
         raise ModelFileError(f"{path}: GGUF version {version} is not supported (2 or 3)")
     n_tensors, n_kv = cursor.scalar("<Q"), cursor.scalar("<Q")

@@ -18,6 +18,20 @@ DOC_MARKER = "<|embed_token|>"
 QUERY_MARKER = "<|rerank_token|>"
 PROJECTOR_SIDECAR = "projector.safetensors"
 PROJECTOR_TENSORS = ("projector.0.weight", "projector.2.weight")
+# The backbone's tensors, which llama.cpp's qwen3 loader requires (it refuses a file that
+# lacks one, or holds layers beyond its block count); `output.weight` may be left out,
+# since Qwen3-0.6B ties it to the token embeddings.
+BACKBONE_TENSORS = ("token_embd.weight", "output_norm.weight")
+LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm",
+                 "attn_k_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def backbone_tensor_names(layers: int) -> list[str]:
+    """Every tensor name a qwen3 GGUF of `layers` layers must hold."""
+    return [*BACKBONE_TENSORS,
+            *(f"blk.{i}.{part}.weight" for i in range(layers) for part in LAYER_TENSORS)]
+
+
 # Unquantized file types: what llama.cpp's quantizer should start from, and where
 # exact arithmetic is the point of choosing them.
 FLOAT_FILE_TYPES = frozenset({LlamaFileType.ALL_F32, LlamaFileType.MOSTLY_F16,

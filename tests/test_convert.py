@@ -17,6 +17,7 @@ import pytest
 from convert.api import convert_checkpoint, quantize_gguf
 from convert.errors import CheckpointError, ConversionError
 from convert.file_types import FILE_TYPES, USABLE_TYPE_NAMES
+from convert.output import atomic_output, check_output_path
 from gguf_helpers import gguf_tensors
 from processes import quantizer_pids, run_python
 from reranker import Reranker
@@ -334,6 +335,28 @@ def test_an_unwritable_output_directory_is_refused_before_any_work(tiny_checkpoi
     with pytest.raises(ConversionError, match=f"output directory {unwritable_dir} is not "
                                               "writable"):
         convert_checkpoint(tiny_checkpoint, unwritable_dir / "x.gguf", "f16")
+
+
+def test_an_output_written_meanwhile_is_not_replaced_without_force(tmp_path):
+    """Two runs writing one output: the existence check comes first, the rename last, and
+    a plain rename replaced whatever the other run had finished meanwhile."""
+    out = tmp_path / "model.gguf"
+    with pytest.raises(ConversionError, match="was written by another run meanwhile; pass "
+                                              "--force"):
+        with atomic_output(out) as tmp:
+            tmp.write_text("this run")
+            out.write_text("the other run")
+    assert out.read_text() == "the other run" and list(tmp_path.iterdir()) == [out]
+    with atomic_output(out, force=True) as tmp:
+        tmp.write_text("this run")
+    assert out.read_text() == "this run" and list(tmp_path.iterdir()) == [out]
+
+
+def test_an_output_name_too_long_for_the_temporary_file_is_refused_first(tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    with pytest.raises(ConversionError, match=r"bytes long; this filesystem allows \d+ for it"):
+        check_output_path(tmp_path / ("x" * (limit - 10) + ".gguf"), force=False)
+    check_output_path(tmp_path / ("x" * (limit - 40) + ".gguf"), force=False)
 
 
 def test_existing_output_needs_force(tiny_checkpoint, tmp_path):

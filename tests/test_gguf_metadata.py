@@ -1,7 +1,11 @@
 """The project's own GGUF metadata reader, on files written by gguf-py."""
 from __future__ import annotations
 
+import os
+import threading
+
 import gguf
+import numpy as np
 import pytest
 
 from gguf_files import write_gguf
@@ -106,4 +110,36 @@ def test_an_unknown_value_type_is_named(tmp_path):
     data[at] = 13
     path.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="unknown GGUF value type 13"):
+        read_metadata(path)
+
+
+def test_a_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
+    """Opening a FIFO blocks until something writes to it: `inspect` on one hung."""
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def read():
+        try:
+            read_metadata(fifo)
+        except ModelFileError as error:
+            outcome.append(str(error))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():
+        with open(fifo, "wb"):  # lets the stuck reader go on, to a failure of its own
+            pass
+    assert outcome and "is not a regular file (a pipe, socket or device)" in outcome[0]
+
+
+def test_a_big_endian_file_is_named_as_such(tmp_path):
+    path = tmp_path / "big.gguf"
+    writer = gguf.GGUFWriter(str(path), "qwen3", endianess=gguf.GGUFEndian.BIG)
+    writer.add_tensor("t", np.zeros(4, dtype=np.float32))
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file,
+                  writer.write_tensors_to_file, writer.close):
+        write()
+    with pytest.raises(ModelFileError, match="is a big-endian GGUF"):
         read_metadata(path)

@@ -141,7 +141,72 @@ def test_a_failed_pull_leaves_no_folder_and_says_why(tmp_path, args):
         assert "neither an existing directory nor a Hub repo id" in done.stderr
     else:
         assert "not in the local Hugging Face cache" in done.stderr
-    assert [p.name for p in (tmp_path / "models").iterdir()] == []
+    assert not (tmp_path / "models").exists()  # nor an empty models folder
+
+
+def _published_folder(folder: Path, model: Path) -> Path:
+    """A published GGUF repo's two files in a local folder."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    os.link(model, folder / "model-q8_0.gguf")
+    save_file({"projector.0.weight": np.ones((8, 256), np.float32),
+               "projector.2.weight": np.ones((8, 8), np.float32)},
+              str(folder / "projector.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["../model-q8_0.gguf", "/etc/model.gguf", "sub/../../x.gguf"])
+def test_pull_file_names_a_file_inside_the_repo(tmp_path, converted, name):
+    """`--file ../../x.gguf` wrote the model outside models/ and recorded that path."""
+    _published_folder(tmp_path / "downloads" / "jr3", converted("q8_0"))
+    done = run_cli(["pull", "downloads/jr3", "--file", name], tmp_path, tmp_path / "hub")
+    assert done.returncode == 1 and "must name a file inside the repo" in done.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "model-q8_0.gguf").exists()
+
+
+def test_pull_refuses_a_file_the_runtime_cannot_open(tmp_path, converted):
+    """Copied unchecked, random bytes became the checksummed default model."""
+    folder = _published_folder(tmp_path / "downloads" / "jr3", converted("q8_0"))
+    (folder / "broken.gguf").write_bytes(os.urandom(4096))
+    done = run_cli(["pull", "downloads/jr3", "--file", "broken.gguf"], tmp_path, tmp_path / "hub")
+    assert done.returncode == 1 and "is not a GGUF file (bad magic bytes)" in done.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_failed_copy_takes_back_what_the_pull_wrote(tmp_path, converted, monkeypatch):
+    """The projector failing to copy (a full disk, here a stand-in raising ENOSPC, as a full
+    disk cannot be made on demand) left the model alone, without projector or checksum."""
+    import errno
+
+    from convert import pull as pull_module
+
+    folder = _published_folder(tmp_path / "downloads" / "jr3", converted("q8_0"))
+    real_copy = pull_module.shutil.copyfile
+
+    def copy(source, destination):
+        if Path(source).name == "projector.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(source, destination)
+
+    monkeypatch.setattr(pull_module.shutil, "copyfile", copy)
+    models = tmp_path / "models"
+    models.mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        pull_module.pull_published_gguf(str(folder), "model-q8_0.gguf", models)
+    assert list(models.iterdir()) == []
+
+
+@pytest.mark.parametrize("source,name", [("ckpt/", "ckpt"), ("ckpt", "ckpt"), (".", "work"),
+                                         ("owner/repo-name", "repo-name")])
+def test_models_are_named_after_their_source(tmp_path, monkeypatch, source, name):
+    """`pull DIR/` wrote models/-q8_0.gguf and `pull .` a hidden .-q8_0.gguf."""
+    from convert.pull import source_name
+
+    (tmp_path / "work" / "ckpt").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert source_name(source) == name
 
 
 @pytest.mark.slow  # six child processes, two of them conversions

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import subprocess
 import sys
 
@@ -15,14 +16,37 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
-from gguf_files import write_gguf
+from gguf_files import add_backbone, write_gguf
 from reranker import ModelFileError, Reranker
 from reranker.cli.main import cli
 from reranker.model_check import open_reranker_file, reranker_file_problem
 
 
-def _gguf(path, arch="qwen3", tokens=("a", "<|embed_token|>", "<|rerank_token|>")):
-    return write_gguf(path, arch, lambda writer: writer.add_token_list(list(tokens)))
+def _gguf(path, arch="qwen3", tokens=("a", "<|embed_token|>", "<|rerank_token|>"),
+          layers=1):
+    def add(writer):
+        writer.add_token_list(list(tokens))
+        add_backbone(writer, layers)
+    return write_gguf(path, arch, add)
+
+
+def _with_block_count(path, block_count, layers=1):
+    """A reranker GGUF whose block count says `block_count` and which holds `layers` layers."""
+    def add(writer):
+        writer.add_token_list(["a", "<|embed_token|>", "<|rerank_token|>"])
+        add_backbone(writer, layers, block_count)
+    return write_gguf(path, "qwen3", add)
+
+
+def _with_type_id(path, tensor, type_id):
+    """A reranker GGUF whose `tensor` claims a ggml type id gguf-py cannot write."""
+    raw = bytearray(_gguf(path).read_bytes())
+    name = tensor.encode()
+    start = raw.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    dims = struct.unpack_from("<I", raw, start)[0]
+    struct.pack_into("<I", raw, start + 4 + 8 * dims, type_id)
+    path.write_bytes(bytes(raw))
+    return path
 
 
 def _projector_file(path):
@@ -56,6 +80,16 @@ def test_inspect_says_why_the_runtime_refuses_a_file(tmp_path):
                        "'llama' model; expected qwen3"),
         "no-markers.gguf": (_gguf(tmp_path / "no-markers.gguf", tokens=("a", "b")),
                             "the vocabulary has no <|embed_token|>"),
+        # llama.cpp refuses these at load: inspect called them loadable, quantize copied them.
+        "fewer-layers.gguf": (_with_block_count(tmp_path / "fewer-layers.gguf", 3),
+                              "lacks 22 of the tensors of a 3-layer model (the first: "
+                              "blk.1.attn_norm.weight)"),
+        "more-layers.gguf": (_with_block_count(tmp_path / "more-layers.gguf", 1, layers=2),
+                             "holds blk.1.attn_k.weight, beyond its qwen3.block_count of 1"),
+        "unknown-type.gguf": (_with_type_id(tmp_path / "unknown-type.gguf", "blk.0.ffn_up.weight",
+                                            99),
+                              "tensor blk.0.ffn_up.weight has type id 99, which this "
+                              "llama.cpp does not know"),
     }
     for name, (path, reason) in cases.items():
         with pytest.raises(ModelFileError) as refused:

@@ -1,14 +1,16 @@
 """`convert` and `quantize`: thin wrappers over `convert.api`."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
 
 from convert.api import ConversionSummary, convert_checkpoint, quantize_gguf
 from convert.file_types import FILE_TYPES
+from convert.pull import source_name
 from reranker.cli.errors import friendly_errors
-from reranker.cli.models_dir import ensure_models_dir, models_dir
+from reranker.cli.models_dir import models_dir, models_dir_for_output
 from reranker.cli.progress import ProgressBars
 
 # Types needing an importance matrix stay accepted so the refusal can say why.
@@ -16,10 +18,7 @@ TYPE_CHOICE = click.Choice(list(FILE_TYPES), case_sensitive=False)
 
 
 def default_outfile(source: str, type_name: str) -> Path:
-    path = Path(source.rstrip("/"))
-    # A local directory by its own name (".." has none); a Hub id by its repository's.
-    stem = (path.resolve() if path.is_dir() else path).name or "model"
-    return models_dir() / f"{stem}-{type_name.lower()}.gguf"
+    return models_dir() / f"{source_name(source)}-{type_name.lower()}.gguf"
 
 
 def _report(summary: ConversionSummary) -> None:
@@ -68,10 +67,9 @@ def convert(source: str, outfile: Path | None, type_name: str, revision: str | N
       reranker-cli convert jinaai/jina-reranker-v3 -o models/jr3-f16.gguf -t f16
     """
     outfile = outfile or default_outfile(source, type_name)
-    if outfile.parent == models_dir():
-        ensure_models_dir()
+    in_models_dir = models_dir_for_output() if outfile.parent == models_dir() else nullcontext()
     progress = StageProgress()
-    with friendly_errors():
+    with in_models_dir, friendly_errors():
         try:
             summary = convert_checkpoint(source, outfile, type_name, revision=revision,
                                          force=force, n_threads=threads, progress=progress.tensor,

@@ -1,7 +1,9 @@
 """Where models live by default, and how `--model` names are resolved."""
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -23,14 +25,24 @@ def models_dir() -> Path:
     return Path(os.environ.get(MODELS_DIR_ENV) or "models")
 
 
-def ensure_models_dir() -> Path:
-    """The models folder, created if need be (a file in its place is an error, not a traceback)."""
+@contextlib.contextmanager
+def models_dir_for_output() -> Iterator[Path]:
+    """The models folder, created if need be for a command's output, and removed again if
+    the command fails while it is still empty (a failed first pull left an empty folder).
+    A file in its place is an error, not a traceback."""
     folder = models_dir()
     if folder.exists() and not folder.is_dir():
         raise click.ClickException(f"the models folder {folder} (${MODELS_DIR_ENV}, else "
                                    "./models) is a file; point it at a directory")
+    existed = folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    try:
+        yield folder
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):  # not empty: something was written, keep it
+                folder.rmdir()
+        raise
 
 
 def record_default_model(model: Path) -> Path:

@@ -6,7 +6,8 @@ import click
 from convert.pull import CHECKSUMS_FILE, pull_converted, pull_published_gguf
 from reranker.cli.convert_commands import TYPE_CHOICE, StageProgress
 from reranker.cli.errors import friendly_errors
-from reranker.cli.models_dir import DEFAULT_HUB_REPO, ensure_models_dir, record_default_model
+from reranker.cli.models_dir import (DEFAULT_HUB_REPO, models_dir_for_output,
+                                     record_default_model)
 
 
 @click.command()
@@ -40,8 +41,7 @@ def pull(repo: str, type_name: str, gguf_file: str | None, revision: str | None,
         # It would be copied, then recorded as the default model that no command can load.
         raise click.UsageError(f"--file {gguf_file!r} is not a .gguf file; name one of the "
                                "repo's GGUF files (its projector is copied with it)")
-    folder = ensure_models_dir()
-    with friendly_errors():
+    with models_dir_for_output() as folder, friendly_errors():
         if gguf_file:
             files = pull_published_gguf(repo, gguf_file, folder, revision=revision, force=force)
             for path in files:

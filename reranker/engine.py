@@ -353,13 +353,15 @@ class LlamaEngine:
         llama.llama_set_abort_callback(ctx, self._abort_callback, None)
         self._batch = llama.llama_batch_init(params.n_batch, 0, 1)
 
+    # Each pointer is cleared before it is freed: an interrupt raised between the two (a
+    # Ctrl-C during close) must cost at most a leak, never a second free from __del__.
     def _free_context(self) -> None:
         if self._batch is not None:
-            self._llama.llama_batch_free(self._batch)
-            self._batch = None
+            batch, self._batch = self._batch, None
+            self._llama.llama_batch_free(batch)
         if self._ctx is not None:
-            self._llama.llama_free(self._ctx)
-            self._ctx, self._ctx_size = None, 0
+            ctx, self._ctx, self._ctx_size = self._ctx, None, 0
+            self._llama.llama_free(ctx)
 
     def _check_open(self) -> None:
         """Called with the lock held by every call that touches llama.cpp's objects.
@@ -376,8 +378,8 @@ class LlamaEngine:
         with self._lock:
             self._free_context()
             if self._model is not None:
-                self._llama.llama_model_free(self._model)
-                self._model = None
+                model, self._model = self._model, None
+                self._llama.llama_model_free(model)
 
     def __del__(self):
         try:

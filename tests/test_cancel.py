@@ -1,10 +1,12 @@
 """Stopping a running `Reranker.score` through llama.cpp's abort callback."""
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
 
+from processes import run_python
 from reranker import Reranker, RerankerCancelled
 
 QUERY = "which document talks about cancellation?"
@@ -116,3 +118,27 @@ def test_ctrl_c_during_a_decode_raises_keyboard_interrupt(model):
                 ranker.score("an unrelated query", OTHER_DOCS[:2])
         sender.join()
         assert (ranker.score(QUERY, DOCS).scores == expected).all()
+
+
+INTERRUPTED_CLOSE = """
+import os, signal, sys, threading, time
+from reranker import Reranker
+ranker = Reranker(sys.argv[1], n_threads=1)
+ranker.score("q", ["a b c"])
+threading.Thread(target=lambda: (time.sleep(float(sys.argv[2])),
+                                 os.kill(os.getpid(), signal.SIGINT)), daemon=True).start()
+ranker.close()
+time.sleep(0.2)  # the interrupt, if it comes after close, lands here
+"""
+
+
+@pytest.mark.slow  # child processes
+def test_ctrl_c_during_close_never_frees_twice(converted):
+    """The model was freed and the interrupt raised before the pointer was cleared, and
+    `__del__` at exit freed it again: a segfault or "double free" abort (6 of 6 runs)."""
+    for delay in (0.0, 0.001, 0.005, 0.02):
+        child = run_python(INTERRUPTED_CLOSE, converted("f16"), delay)
+        # Python ends an uncaught KeyboardInterrupt by SIGINT; a double free is SIGSEGV or
+        # SIGABRT ("free(): double free detected").
+        assert child.returncode in (0, -signal.SIGINT), (delay, child.returncode,
+                                                         child.stderr[-1500:])

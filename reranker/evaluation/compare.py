@@ -26,9 +26,12 @@ class RerankRequest:
     instruction: str | None = None
 
 
-def requests_from_evaluation(prepared: EvaluationInput, top_k: int) -> list[RerankRequest]:
-    """Each evaluated query with the texts of its top k candidates (queries without any
-    candidate are left out: there is nothing to compare)."""
+def requests_from_evaluation(prepared: EvaluationInput,
+                             top_k: int | None = None) -> list[RerankRequest]:
+    """Each evaluated query with the texts of its top k candidates (default: as many as
+    `prepared` kept; more is refused); queries without any candidate are left out:
+    there is nothing to compare."""
+    top_k = prepared.reranking_depth(top_k)
     requests = []
     for query_id in prepared.query_ids:
         head = prepared.candidates.get(query_id, [])[:top_k]

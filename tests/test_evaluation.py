@@ -10,7 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from reranker.evaluation.beir import load_dataset
+from reranker.evaluation.beir import CorpusDocument, load_dataset
 from reranker.evaluation.compare import requests_from_evaluation
 from reranker.evaluation.errors import DatasetError, MissingDependencyError
 from reranker.evaluation.first_stage import bm25_candidates
@@ -289,6 +289,15 @@ def test_bm25_candidates(beir_dir):
     assert candidates["q1"][0] in {"d1", "d2"} and len(candidates["q1"]) <= 3
     assert set(candidates["q1"]) <= {"d1", "d2", "d3"}  # documents sharing a term only
     assert candidates["q2"] == []
+
+
+@pytest.mark.filterwarnings("error")  # bm25s's division by zero warned before it failed
+def test_bm25_on_a_corpus_without_terms_says_so():
+    pytest.importorskip("bm25s")
+    corpus = {"d1": CorpusDocument("", ""), "d2": CorpusDocument("The", "of the and")}
+    with pytest.raises(DatasetError, match=r"^the corpus has no terms BM25 can index \(its 2 "
+                                           r"documents are empty or only stop words\)"):
+        bm25_candidates(corpus, {"q1": "France"}, depth=3)
 
 
 def test_bm25_without_the_package_says_what_to_install(beir_dir, monkeypatch):

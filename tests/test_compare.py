@@ -130,6 +130,31 @@ def test_ladder_orders_by_size_and_skips_the_reference(converted):
         assert row.agreement.queries == 2 and row.agreement.max_abs_diff > 0
 
 
+@pytest.fixture
+def truncated_model(converted, tmp_path):
+    """A GGUF cut inside its metadata, as an interrupted copy leaves one."""
+    path = tmp_path / "truncated.gguf"
+    path.write_bytes(converted("f32").read_bytes()[:1000])
+    return path
+
+
+def test_a_bad_model_stops_the_comparison_before_anything_is_scored(converted,
+                                                                    truncated_model):
+    """The second model's header was first read after the first had scored every request."""
+    scored = []
+
+    def progress(path, done, total):
+        scored.append(path.name)
+
+    with pytest.raises(ModelFileError, match="truncated.gguf: truncated GGUF metadata"):
+        compare_models(converted("f32"), truncated_model, _requests(count=1), n_threads=2,
+                       progress=progress)
+    with pytest.raises(ModelFileError, match="truncated.gguf: truncated GGUF metadata"):
+        quantization_ladder(converted("f32"), [converted("f32"), truncated_model],
+                            _requests(count=1), n_threads=2, progress=progress)
+    assert scored == []
+
+
 def test_ladder_files_errors(tmp_path):
     with pytest.raises(ModelFileError, match="holds no .gguf files"):
         ladder_files([tmp_path])
@@ -207,10 +232,38 @@ def test_compare_command_usage_errors(runner, converted, requests_file, tmp_path
     done = runner.invoke(cli, ["compare", model, model])
     assert done.exit_code == 2 and "--requests FILE or --dataset DIR" in done.output
     done = runner.invoke(cli, ["compare", model, model, "--requests", str(requests_file), "--bm25"])
-    assert done.exit_code == 2 and "go with --dataset" in done.output
+    assert done.exit_code == 2 and "--bm25: for --dataset only" in done.output
     done = runner.invoke(cli, ["compare", model, model, "--requests", str(requests_file),
                                "--reference", model])
     assert done.exit_code == 2 and "--reference goes with --ladder" in done.output
     done = runner.invoke(cli, ["compare", "--ladder", str(tmp_path), "--requests",
                                str(requests_file)])
     assert done.exit_code == 1 and "holds no .gguf files" in done.output
+
+
+def test_compare_command_checks_every_model_first(runner, converted, requests_file,
+                                                  truncated_model, tmp_path):
+    for arguments in ([str(converted("f32")), str(truncated_model)],
+                      ["--ladder", str(converted("f32")), str(truncated_model)]):
+        done = runner.invoke(cli, ["compare", *arguments, "--requests", str(requests_file),
+                                   "--threads", "2"])
+        assert done.exit_code == 1, done.output
+        assert "truncated.gguf: truncated GGUF metadata" in done.output
+        assert converted("f32").name not in done.stderr  # no progress bar: nothing scored
+    # Before a dataset is loaded too (BM25 indexes a whole corpus): this one does not exist.
+    done = runner.invoke(cli, ["compare", str(converted("f32")), str(truncated_model),
+                               "--dataset", str(tmp_path / "nowhere"), "--bm25"])
+    assert done.exit_code == 1 and "truncated GGUF metadata" in done.output
+
+
+@pytest.mark.parametrize("options", [["--top-k", "2"], ["--split", "dev"],
+                                     ["--top-k", "100", "--split", "test"]])
+def test_dataset_options_are_refused_with_requests(runner, converted, requests_file, options):
+    """--top-k and --split were dropped without a word: agreement "over the top 2" covered
+    every document. Given at their default values they are refused all the same."""
+    model = str(converted("f32"))
+    done = runner.invoke(cli, ["compare", model, model, "--requests", str(requests_file),
+                               *options])
+    assert done.exit_code == 2, done.output
+    given = ", ".join(option for option in options if option.startswith("--"))
+    assert f"{given}: for --dataset only; --requests FILE compares every document" in done.output

@@ -10,7 +10,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from reranker.evaluation.beir import load_dataset
+from reranker.evaluation.beir import CorpusDocument, load_dataset
+from reranker.evaluation.compare import requests_from_evaluation
 from reranker.evaluation.errors import DatasetError, MissingDependencyError
 from reranker.evaluation.first_stage import bm25_candidates
 from reranker.evaluation.metrics import (evaluate_rankings, ndcg_at_k, query_metrics,
@@ -53,6 +54,14 @@ def test_recall_counts_relevant_documents_in_the_first_k():
     assert recall_at_k(["a", "x", "b"], GRADED, 3) == 1.0
     assert recall_at_k(["c"], GRADED, 10) == 0.0
     assert recall_at_k(["a"], {"a": 0}, 10) == 0.0  # nothing relevant: 0, as trec_eval
+
+
+@pytest.mark.parametrize("metric", [ndcg_at_k, reciprocal_rank_at_k, recall_at_k])
+@pytest.mark.parametrize("k", [0, -1])
+def test_a_cutoff_below_one_is_refused(metric, k):
+    """ranking[:-1] is every document but the last: recall@-1 came out 1.0."""
+    with pytest.raises(ValueError, match=rf"^k must be a positive integer, got {k}$"):
+        metric(["a", "b"], {"a": 1}, k)
 
 
 def test_averages_skip_queries_without_relevant_documents_and_count_missing_ones_as_zero():
@@ -282,6 +291,15 @@ def test_bm25_candidates(beir_dir):
     assert candidates["q2"] == []
 
 
+@pytest.mark.filterwarnings("error")  # bm25s's division by zero warned before it failed
+def test_bm25_on_a_corpus_without_terms_says_so():
+    pytest.importorskip("bm25s")
+    corpus = {"d1": CorpusDocument("", ""), "d2": CorpusDocument("The", "of the and")}
+    with pytest.raises(DatasetError, match=r"^the corpus has no terms BM25 can index \(its 2 "
+                                           r"documents are empty or only stop words\)"):
+        bm25_candidates(corpus, {"q1": "France"}, depth=3)
+
+
 def test_bm25_without_the_package_says_what_to_install(beir_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "bm25s", None)  # makes `import bm25s` fail
     dataset = load_dataset(beir_dir)
@@ -325,6 +343,42 @@ def test_evaluate_reranking_on_a_run(beir_dir, ranker_for):
     assert report.after["recall@3"] == report.before["recall@3"]  # reranking only reorders
     assert report.per_query[2].before == report.per_query[2].after == {
         "ndcg@10": 0.0, "mrr@10": 0.0, "recall@3": 0.0}
+
+
+class _MustNotScore:
+    """A ranker for checks that have to refuse before any query is scored."""
+    model_path = "never-loaded.gguf"
+
+    def score(self, query, documents):
+        raise AssertionError("a query was scored before the arguments were refused")
+
+
+def test_reranking_deeper_than_prepared_is_refused(beir_dir):
+    """Only the run's top k documents were loaded: a deeper top_k blamed the corpus
+    ("candidate 'd5' ... is not in corpus.jsonl") for a document that is in it."""
+    prepared = prepare_evaluation(beir_dir, run_file=beir_dir.parent / "run.trec", top_k=1)
+    deeper = (r"^top_k=3 is deeper than the 1 candidates per query prepare_evaluation kept; "
+              r"prepare with top_k=3")
+    with pytest.raises(ValueError, match=deeper):
+        evaluate_reranking(_MustNotScore(), prepared, top_k=3)
+    with pytest.raises(ValueError, match=deeper):
+        requests_from_evaluation(prepared, 3)
+    with pytest.raises(ValueError, match=r"^ndcg_k must be a positive integer, got 0$"):
+        evaluate_reranking(_MustNotScore(), prepared, ndcg_k=0)
+    # Without a top_k, the depth prepared.
+    assert prepared.top_k == 1
+    assert [len(r.documents) for r in requests_from_evaluation(prepared)] == [1, 1]
+
+
+def test_a_run_candidate_missing_from_the_corpus_is_refused_before_any_model(beir_dir,
+                                                                               tmp_path):
+    (tmp_path / "stray.trec").write_text("q1 Q0 d1 1 3.0 t\nq1 Q0 d9 2 2.0 t\n"
+                                         "q2 Q0 d4 1 1.0 t\n")
+    with pytest.raises(DatasetError, match=r"candidate 'd9' of query 'q1' is not in "
+                                           r".*corpus.jsonl"):
+        prepare_evaluation(beir_dir, run_file=tmp_path / "stray.trec", top_k=2)
+    # Past the top k it is only an unjudged id in the ranking, as before.
+    assert prepare_evaluation(beir_dir, run_file=tmp_path / "stray.trec", top_k=1).top_k == 1
 
 
 def test_prepare_needs_exactly_one_first_stage(beir_dir):

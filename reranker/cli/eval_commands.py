@@ -5,12 +5,14 @@ import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from convert.errors import ConversionError
 from convert.output import atomic_output, check_not_an_input, check_output_path
 from reranker import Reranker
-from reranker.evaluation.compare import (RerankRequest, compare_models, ladder_files,
-                                         quantization_ladder, requests_from_evaluation)
+from reranker.evaluation.compare import (RerankRequest, check_model_files, compare_models,
+                                         ladder_files, quantization_ladder,
+                                         requests_from_evaluation)
 from reranker.evaluation.beir import dataset_files
 from reranker.evaluation.rerank_eval import (EvaluationReport, evaluate_reranking,
                                              prepare_evaluation)
@@ -142,17 +144,36 @@ def evaluate(dataset_dir: Path, run_file: Path | None, bm25: bool, top_k: int, s
     click.echo(_report_text(report))
 
 
-def _requests(requests_file, dataset_dir: Path | None, run_file: Path | None, bm25: bool,
-              top_k: int, split: str, max_queries: int | None) -> list[RerankRequest]:
+# Options that only shape a dataset's queries and candidates; --requests refuses them rather
+# than dropping them. --top-k is not applied to a requests file: its documents come in no
+# ranked order, so a "top k" would be each line's first k, an arbitrary cut that the agreement
+# would then be reported over; a user who wants fewer documents writes fewer.
+DATASET_ONLY_OPTIONS = {"run_file": "--run", "bm25": "--bm25", "top_k": "--top-k",
+                        "split": "--split"}
+
+
+def _check_query_source(requests_file, dataset_dir: Path | None, run_file: Path | None,
+                        bm25: bool) -> None:
+    """Usage errors first, before any model file is read or dataset loaded."""
     if (requests_file is None) == (dataset_dir is None):
         raise click.UsageError("give the queries with either --requests FILE or --dataset DIR")
     if requests_file is not None:
-        if run_file is not None or bm25:
-            raise click.UsageError("--run and --bm25 go with --dataset, not --requests")
+        context = click.get_current_context()
+        given = [option for name, option in DATASET_ONLY_OPTIONS.items()
+                 if context.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: for --dataset only; --requests FILE "
+                                   "compares every document its lines list")
+    else:
+        _check_one_first_stage(run_file, bm25)
+
+
+def _requests(requests_file, dataset_dir: Path | None, run_file: Path | None, bm25: bool,
+              top_k: int, split: str, max_queries: int | None) -> list[RerankRequest]:
+    if requests_file is not None:
         records = read_batch(requests_file, input_name(requests_file))[:max_queries]
         requests = [RerankRequest(r.query, r.document_texts(), r.instruction) for r in records]
     else:
-        _check_one_first_stage(run_file, bm25)
         with friendly_errors():
             click.echo(f"loading {dataset_dir}...", err=True)
             prepared = prepare_evaluation(dataset_dir, split=split, run_file=run_file, bm25=bm25,
@@ -237,6 +258,16 @@ def compare(models: tuple[str, ...], requests_file, dataset_dir: Path | None,
         raise click.UsageError("--reference goes with --ladder")
     if not ladder and len(models) != 2:
         raise click.UsageError(f"compare takes two models (got {len(models)}), or --ladder")
+    _check_query_source(requests_file, dataset_dir, run_file, bm25)
+    with friendly_errors():
+        if ladder:
+            files = ladder_files([Path(m) for m in models])
+            reference = reference or files[0]
+            # quantization_ladder checks them too; here, before a dataset is loaded (BM25
+            # indexes the whole corpus), a file that is not a reranker stops at once.
+            check_model_files([reference, *files])
+        else:
+            files = check_model_files([resolve_model(m) for m in models])
     requests = _requests(requests_file, dataset_dir, run_file, bm25, top_k, split, max_queries)
     bars = ProgressBars()
 
@@ -246,12 +277,11 @@ def compare(models: tuple[str, ...], requests_file, dataset_dir: Path | None,
     with friendly_errors():
         try:
             if ladder:
-                files = ladder_files([Path(m) for m in models])
-                rows = quantization_ladder(reference or files[0], files, requests,
-                                           n_threads=threads, progress=progress)
+                rows = quantization_ladder(reference, files, requests, n_threads=threads,
+                                           progress=progress)
             else:
-                comparison = compare_models(resolve_model(models[0]), resolve_model(models[1]),
-                                            requests, n_threads=threads, progress=progress)
+                comparison = compare_models(files[0], files[1], requests, n_threads=threads,
+                                            progress=progress)
         finally:
             bars.close()
     if ladder:

@@ -45,15 +45,16 @@ class BeirDataset:
         """Queries of the split with at least one relevant document, in qrels order."""
         return queries_with_relevant_documents(self.qrels)
 
-    def passages(self, query_id: str, doc_ids: Sequence[str]) -> list[str]:
-        texts = []
+    def check_candidates(self, query_id: str, doc_ids: Sequence[str]) -> None:
+        """DatasetError naming the first of `doc_ids` that the corpus does not hold."""
         for doc_id in doc_ids:
-            document = self.corpus.get(doc_id)
-            if document is None:
+            if doc_id not in self.corpus:
                 raise DatasetError(f"candidate {doc_id!r} of query {query_id!r} is not in "
                                    f"{self.directory / 'corpus.jsonl'}")
-            texts.append(document.passage)
-        return texts
+
+    def passages(self, query_id: str, doc_ids: Sequence[str]) -> list[str]:
+        self.check_candidates(query_id, doc_ids)
+        return [self.corpus[doc_id].passage for doc_id in doc_ids]
 
 
 def dataset_files(directory: str | Path, split: str = "test") -> list[Path]:

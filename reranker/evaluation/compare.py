@@ -12,6 +12,7 @@ import numpy as np
 from reranker.errors import ModelFileError
 from reranker.evaluation.agreement import Agreement, measure_agreement
 from reranker.evaluation.rerank_eval import EvaluationInput
+from reranker.model_check import open_reranker_file
 from reranker.model_info import describe_model
 from reranker.reranker import Reranker, resolve_model_file
 
@@ -26,9 +27,12 @@ class RerankRequest:
     instruction: str | None = None
 
 
-def requests_from_evaluation(prepared: EvaluationInput, top_k: int) -> list[RerankRequest]:
-    """Each evaluated query with the texts of its top k candidates (queries without any
-    candidate are left out: there is nothing to compare)."""
+def requests_from_evaluation(prepared: EvaluationInput,
+                             top_k: int | None = None) -> list[RerankRequest]:
+    """Each evaluated query with the texts of its top k candidates (default: as many as
+    `prepared` kept; more is refused); queries without any candidate are left out:
+    there is nothing to compare."""
+    top_k = prepared.reranking_depth(top_k)
     requests = []
     for query_id in prepared.query_ids:
         head = prepared.candidates.get(query_id, [])[:top_k]
@@ -60,6 +64,16 @@ class ModelRun:
 def file_type(path: str | Path) -> str:
     """The weight type as users name it (q4_k_m, f16...; f32 rather than all_f32)."""
     return describe_model(path)["file_type"].removeprefix("all_")
+
+
+def check_model_files(models: Sequence[str | Path]) -> list[Path]:
+    """Each model's GGUF, opened as the runtime opens it (metadata and projector, not the
+    weights): a bad file later in the list must stop a comparison before the models
+    ahead of it have scored every request."""
+    paths = [resolve_model_file(model) for model in models]
+    for path in paths:
+        open_reranker_file(path)
+    return paths
 
 
 def run_model(model: str | Path, requests: Sequence[RerankRequest], *,
@@ -100,8 +114,9 @@ def compare_models(model_a: str | Path, model_b: str | Path, requests: Sequence[
                    n_threads: int | None = None,
                    progress: ModelProgress | None = None) -> Comparison:
     """Both models on the same requests, one after the other (never both in memory)."""
-    run_a = run_model(model_a, requests, n_threads=n_threads, progress=progress)
-    run_b = run_model(model_b, requests, n_threads=n_threads, progress=progress)
+    path_a, path_b = check_model_files([model_a, model_b])
+    run_a = run_model(path_a, requests, n_threads=n_threads, progress=progress)
+    run_b = run_model(path_b, requests, n_threads=n_threads, progress=progress)
     return Comparison(run_a, run_b, measure_agreement(run_a.scores, run_b.scores))
 
 
@@ -138,12 +153,12 @@ def quantization_ladder(reference: str | Path, models: Sequence[str | Path],
                         requests: Sequence[RerankRequest], *, n_threads: int | None = None,
                         progress: ModelProgress | None = None) -> list[LadderRow]:
     """The reference first, then each other model with its agreement with the reference."""
-    reference_path = resolve_model_file(reference)
+    reference_path, *paths = check_model_files([reference, *models])
     reference_run = run_model(reference_path, requests, n_threads=n_threads, progress=progress)
     rows = [LadderRow(reference_run, None)]
-    for model in models:
-        if Path(model).resolve() == reference_path.resolve():
+    for path in paths:
+        if path.resolve() == reference_path.resolve():
             continue
-        run = run_model(model, requests, n_threads=n_threads, progress=progress)
+        run = run_model(path, requests, n_threads=n_threads, progress=progress)
         rows.append(LadderRow(run, measure_agreement(reference_run.scores, run.scores)))
     return rows

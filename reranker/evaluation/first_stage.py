@@ -39,9 +39,15 @@ def bm25_candidates(corpus: Mapping[str, CorpusDocument], queries: Mapping[str, 
     query_ids = list(queries)
     if not query_ids:
         return {}
+    corpus_tokens = bm25s.tokenize([corpus[d].passage for d in doc_ids], stopwords=stopwords,
+                                   show_progress=False)
+    if not corpus_tokens.vocab:
+        # bm25s would divide by a zero average length, then fail on an empty max().
+        raise DatasetError(f"the corpus has no terms BM25 can index (its {len(doc_ids)} "
+                           "documents are empty or only stop words): BM25 has nothing to "
+                           "retrieve; take the candidates from a TREC run file instead")
     index = bm25s.BM25()
-    index.index(bm25s.tokenize([corpus[d].passage for d in doc_ids], stopwords=stopwords,
-                               show_progress=False), show_progress=False)
+    index.index(corpus_tokens, show_progress=False)
     query_tokens = bm25s.tokenize([queries[q] for q in query_ids], stopwords=stopwords,
                                   show_progress=False)
     found, scores = index.retrieve(query_tokens, k=min(depth, len(doc_ids)), show_progress=False)

@@ -19,7 +19,15 @@ from collections.abc import Iterable, Mapping, Sequence
 Qrels = dict[str, dict[str, int]]
 
 
+def check_cutoff(k: int, name: str = "k") -> None:
+    """Refuse a cutoff below 1: ranking[:k] with k <= 0 is empty or, negative, cuts from
+    the end, so the metric would be a number that means nothing."""
+    if k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
+
+
 def ndcg_at_k(ranking: Sequence[str], judgments: Mapping[str, int], k: int) -> float:
+    check_cutoff(k)
     gains = [max(judgments.get(doc_id, 0), 0) for doc_id in ranking[:k]]
     ideal = sorted((rel for rel in judgments.values() if rel > 0), reverse=True)[:k]
     ideal_dcg = _dcg(ideal)
@@ -31,6 +39,7 @@ def _dcg(gains: Iterable[int]) -> float:
 
 
 def reciprocal_rank_at_k(ranking: Sequence[str], judgments: Mapping[str, int], k: int) -> float:
+    check_cutoff(k)
     for rank, doc_id in enumerate(ranking[:k], start=1):
         if judgments.get(doc_id, 0) > 0:
             return 1.0 / rank
@@ -38,6 +47,7 @@ def reciprocal_rank_at_k(ranking: Sequence[str], judgments: Mapping[str, int], k
 
 
 def recall_at_k(ranking: Sequence[str], judgments: Mapping[str, int], k: int) -> float:
+    check_cutoff(k)
     relevant = {doc_id for doc_id, rel in judgments.items() if rel > 0}
     if not relevant:
         return 0.0

@@ -9,7 +9,7 @@ from pathlib import Path
 from reranker.evaluation.beir import BeirDataset, load_dataset
 from reranker.evaluation.errors import DatasetError
 from reranker.evaluation.first_stage import Candidates, bm25_candidates
-from reranker.evaluation.metrics import mean_metrics, query_metrics
+from reranker.evaluation.metrics import check_cutoff, mean_metrics, query_metrics
 from reranker.evaluation.trec_run import read_run, run_rankings
 from reranker.reranker import Reranker, rank_scores
 
@@ -24,6 +24,19 @@ class EvaluationInput:
     candidates: Candidates
     query_ids: list[str]  # judged queries with a relevant document, in qrels order
     first_stage: str  # where the candidates came from, for reports
+    top_k: int  # candidates per query prepared: the corpus kept or BM25's depth
+
+    def reranking_depth(self, top_k: int | None) -> int:
+        """`top_k`, or the prepared depth when None; deeper than prepared is refused:
+        past it a run's documents were not loaded and BM25 retrieved nothing."""
+        if top_k is None:
+            return self.top_k
+        check_cutoff(top_k, "top_k")
+        if top_k > self.top_k:
+            raise ValueError(f"top_k={top_k} is deeper than the {self.top_k} candidates per "
+                             f"query prepare_evaluation kept; prepare with top_k={top_k} "
+                             "(or more) to rerank that many")
+        return top_k
 
 
 def prepare_evaluation(dataset_dir: str | Path, *, split: str = "test",
@@ -36,8 +49,7 @@ def prepare_evaluation(dataset_dir: str | Path, *, split: str = "test",
     """
     if (run_file is None) == (not bm25):
         raise ValueError("candidates come from a run file or from BM25: give exactly one")
-    if top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    check_cutoff(top_k, "top_k")
     if max_queries is not None and max_queries < 1:
         raise ValueError(f"max_queries must be a positive integer, got {max_queries!r}")
     if run_file is not None:
@@ -58,8 +70,12 @@ def prepare_evaluation(dataset_dir: str | Path, *, split: str = "test",
         raise DatasetError(f"run file {run_file} ranks none of the {len(query_ids)} judged "
                            f"queries of split {split!r} (it ranks {named}); is it a run for "
                            "another dataset or split?")
+    else:
+        # Here rather than halfway through the scoring, after the model has loaded.
+        for query_id in query_ids:
+            dataset.check_candidates(query_id, candidates.get(query_id, [])[:top_k])
     first_stage = "bm25" if bm25 else f"run {Path(run_file).name}"
-    return EvaluationInput(dataset, candidates, query_ids, first_stage)
+    return EvaluationInput(dataset, candidates, query_ids, first_stage, top_k)
 
 
 @dataclass(frozen=True)
@@ -96,17 +112,20 @@ class EvaluationReport:
         return out
 
 
-def evaluate_reranking(ranker: Reranker, prepared: EvaluationInput, *, top_k: int = 100,
-                       ndcg_k: int = 10, mrr_k: int = 10,
+def evaluate_reranking(ranker: Reranker, prepared: EvaluationInput, *,
+                       top_k: int | None = None, ndcg_k: int = 10, mrr_k: int = 10,
                        progress: ProgressCallback | None = None) -> EvaluationReport:
-    """Rerank each query's top `top_k` candidates and compare nDCG@ndcg_k, MRR@mrr_k and
-    Recall@top_k before and after.
+    """Rerank each query's top `top_k` candidates (default: as many as `prepared` kept;
+    more is refused) and compare nDCG@ndcg_k, MRR@mrr_k and Recall@top_k before and after.
 
     Candidates past the top k keep their first-stage order after the reranked ones,
     so Recall@top_k is the same before and after: it is the first stage's ceiling.
     """
+    top_k = prepared.reranking_depth(top_k)
     dataset = prepared.dataset
     cutoffs = {"ndcg_k": ndcg_k, "mrr_k": mrr_k, "recall_k": top_k}
+    for name, cutoff in cutoffs.items():
+        check_cutoff(cutoff, name)  # before the first query is scored, not after it
     outcomes: list[QueryOutcome] = []
     seconds = 0.0
     total = len(prepared.query_ids)

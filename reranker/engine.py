@@ -70,9 +70,7 @@ class LlamaEngine:
         self.n_batch = max(n_batch, n_ubatch)  # the context's; calls are sliced to n_ubatch
         self._ctx_ubatch = 0  # the current context's micro-batch size
         self.flash_attention = flash_attention
-        if kv_cache_type not in KV_CACHE_TYPES:
-            raise ValueError(f"kv_cache_type {kv_cache_type!r} is not one of "
-                             f"{', '.join(KV_CACHE_TYPES)}")
+        check_kv_cache_type(kv_cache_type)
         self._kv_type = int(KV_CACHE_TYPES[kv_cache_type])
         self._lock = threading.Lock()
         self._ctx = None
@@ -386,6 +384,12 @@ class LlamaEngine:
             self.close()
         except Exception:
             pass
+
+
+def check_kv_cache_type(kv_cache_type: str) -> None:
+    if kv_cache_type not in KV_CACHE_TYPES:
+        raise ValueError(f"kv_cache_type {kv_cache_type!r} is not one of "
+                         f"{', '.join(KV_CACHE_TYPES)}")
 
 
 def check_positions(tokens: Sequence[int], positions: Sequence[int], max_context: int,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -68,19 +69,21 @@ class EngineVerdict:
 
 
 def choose_engine(requested: str, verdict: EngineVerdict | None, fingerprint: str, *,
-                  torch_available: bool, source: str = "option") -> Engine:
+                  torch_available: bool, source: str = "option",
+                  torch_problem: str = "PyTorch is not installed") -> Engine:
     """The engine for `requested`, given doctor's verdict for this machine and model file.
 
     Pure: `fingerprint` is the model file's now, `torch_available` whether PyTorch can be
-    imported; tests put any verdict in front of it.
+    imported (and `torch_problem` why not); tests put any verdict in front of it.
     """
+    torch_problem = torch_problem or "PyTorch is not installed"
     if requested not in ENGINES:
         raise EngineError(f"engine {requested!r} (from {source}) is not one of "
                           f"{', '.join(ENGINES)}")
     if requested == "torch":
         if not torch_available:
-            raise EngineError(f"engine 'torch' (from {source}) needs PyTorch, which is not "
-                              f"installed; {TORCH_EXTRA_HINT}")
+            raise EngineError(f"engine 'torch' (from {source}) needs PyTorch: "
+                              f"{torch_problem}; {TORCH_EXTRA_HINT}")
         return Engine("torch", f"asked for ({source})")
     if requested == "llama.cpp":
         return Engine("llama.cpp", f"asked for ({source})")
@@ -95,8 +98,8 @@ def choose_engine(requested: str, verdict: EngineVerdict | None, fingerprint: st
         return Engine("llama.cpp", f"doctor's record names an unknown engine "
                                    f"{verdict.engine!r}; run doctor --model again")
     if verdict.engine != "llama.cpp" and not torch_available:
-        return Engine("llama.cpp", f"doctor measured torch faster ({timing}) but PyTorch is "
-                                   f"not installed now; {TORCH_EXTRA_HINT}")
+        return Engine("llama.cpp", f"doctor measured torch faster ({timing}) but now "
+                                   f"{torch_problem}; {TORCH_EXTRA_HINT}")
     if verdict.engine == ROUTED:
         return Engine(ROUTED, f"measured here by doctor: llama.cpp below "
                               f"{verdict.torch_from_tokens} prompt tokens, torch from there "
@@ -129,12 +132,22 @@ def resolve_engine(requested: str | None, model_path: Path) -> Engine:
             fingerprint = model_fingerprint(model_path)
         except OSError as error:  # an unreadable build or file: no measurement applies
             return Engine("llama.cpp", f"doctor's measurement could not be read ({error})")
+    # Importing torch takes a second: only where the answer matters.
+    wants_torch = requested == "torch" or (verdict is not None and verdict.engine != "llama.cpp")
+    problem = torch_problem() if wants_torch else None
     return choose_engine(requested, verdict, fingerprint or "", source=source,
-                         torch_available=torch_available())
+                         torch_available=problem is None, torch_problem=problem or "")
 
 
-def torch_available() -> bool:
-    return importlib.util.find_spec("torch") is not None
+def torch_problem() -> str | None:
+    """Why PyTorch cannot be used in this process, or None if it imports."""
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch is not installed"
+    try:
+        importlib.import_module("torch")
+    except Exception as error:  # noqa: BLE001 - a missing library, a wheel for another numpy
+        return f"PyTorch is installed but cannot be imported ({type(error).__name__}: {error})"
+    return None
 
 
 # -- doctor's verdicts, one per machine and model file ------------------------------------
@@ -153,22 +166,35 @@ def _verdict_key(model_path: Path) -> str:
 def load_engine_verdict(model_path: Path) -> EngineVerdict | None:
     entry = load_entry(_verdict_key(model_path))
     try:
-        seconds = {str(request): {str(name): float(value) for name, value in by_engine.items()}
+        seconds = {str(request): {str(name): _seconds(value) for name, value in by_engine.items()}
                    for request, by_engine in entry["seconds"].items()}
-        tokens = {str(request): int(count) for request, count in entry["tokens"].items()}
+        tokens = {str(request): _count(count) for request, count in entry["tokens"].items()}
         threshold = None
-        if entry["engine"] == ROUTED:  # int(None) raises: a routed record needs its threshold
-            threshold = int(entry["torch_from_tokens"])
-            if isinstance(entry["torch_from_tokens"], bool) or threshold < 1:
-                return None
+        if entry["engine"] == ROUTED:  # a routed record needs its threshold
+            threshold = _count(entry["torch_from_tokens"])
         if not set(seconds) <= set(tokens):
             return None
         return EngineVerdict(str(entry["engine"]), str(entry["fingerprint"]), seconds, tokens,
                              str(entry["checked_at"]), threshold)
     except (TypeError, KeyError, ValueError, AttributeError):
         # never measured, or a record this version cannot read (one written before the
-        # requests' token counts were kept): doctor --model measures again
+        # requests' token counts were kept, or edited by hand): doctor --model measures again
         return None
+
+
+def _count(value) -> int:
+    """A positive whole number as doctor writes it; anything else makes the record unusable
+    (a hand-edited 1e999 crashed every command with an OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"not a count: {value!r}")
+    return value
+
+
+def _seconds(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"not a duration: {value!r}")
+    return float(value)
 
 
 def auto_engine(seconds: dict[str, dict[str, float]],

@@ -14,7 +14,8 @@ import numpy as np
 from gguf import LlamaFileType
 
 from reranker.blocks import cosine, merge_query_embeddings
-from reranker.engine import LlamaEngine
+from reranker.cpu_path import resolve_cpu_path
+from reranker.engine import LlamaEngine, check_kv_cache_type
 from reranker.engine_choice import ROUTED, Engine, resolve_engine
 from reranker.errors import (ModelFileError, RerankerCancelled, RerankerClosedError,
                              RerankerError)
@@ -145,6 +146,11 @@ class Reranker:
         logger.info("engine %s: %s", self.engine_choice.name, self.engine_choice.reason)
         if self.engine_choice.name == "torch":
             from reranker.torch_engine import TorchEngine
+
+            # llama.cpp's options are refused alike on either engine: whether a setting is
+            # accepted must not turn on what doctor recorded for `auto` on this machine.
+            check_kv_cache_type(kv_cache_type)
+            resolve_cpu_path(cpu_path)
 
             self._engine = TorchEngine(self.model_path, n_threads=n_threads,
                                        max_context=max_context)

@@ -26,11 +26,13 @@ def quantizer_pids() -> set[int]:
     return pids_whose_command(lambda command: b"convert.quantize" in command)
 
 
-def run_python(script: str, *args) -> subprocess.CompletedProcess:
+def run_python(script: str, *args, path_first: Path | None = None) -> subprocess.CompletedProcess:
     """Run `script` in a fresh interpreter on this checkout: a crash there (a segfault, an
-    abort) is an exit code to assert on instead of the end of the test session."""
+    abort) is an exit code to assert on instead of the end of the test session.
+    `path_first`: a folder whose packages take the place of installed ones."""
     root = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [path_first and str(path_first), root,
+                                         os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-c", script, *map(str, args)],
                           env={**os.environ, "PYTHONPATH": path}, capture_output=True,
                           text=True, timeout=300)

@@ -34,6 +34,7 @@ from reranker.gguf_metadata import GGUFMetadata, read_metadata
 from reranker.torch_engine import BackboneShape, TorchEngine, choose_dtype
 from reranker.torch_weights import GGUFWeights, Q8Matrix, UnsupportedTensorTypeError
 from gguf_files import write_gguf
+from processes import run_python
 from test_parity import QUERY, SIXTEEN, assert_same_ranking
 from texts import MULTILINGUAL
 
@@ -638,13 +639,42 @@ def test_doctor_times_both_engines_and_records_the_faster(converted, cache, tmp_
 def test_doctor_without_torch_times_llama_cpp_alone_and_records_nothing(converted, cache,
                                                                         tmp_path, monkeypatch):
     # The stand-in: PyTorch reported as not installed (it is, for the other tests).
-    monkeypatch.setattr("reranker.cli.doctor_command.torch_available", lambda: False)
+    monkeypatch.setattr("reranker.cli.doctor_command.torch_problem",
+                        lambda: "PyTorch is not installed")
     model, report = doctor_on_a_copy(converted, tmp_path)
     assert set(report["engines"]) == {"llama.cpp"}
     runs = {request: timing["runs"] for request, timing in report["engines"]["llama.cpp"].items()}
     assert runs == {"short": 2, "medium": 1, "typical": 1}  # no turns to take alone
     assert "PyTorch is not installed" in report["engine"] and "reranker[torch]" in report["engine"]
     assert load_engine_verdict(model) is None  # nothing measured against: auto stays llama.cpp
+
+
+CLI = "import sys\nfrom reranker.cli.main import main\nsys.argv[0] = 'reranker-cli'\nmain()\n"
+
+
+@pytest.mark.slow  # child processes
+def test_a_torch_that_cannot_be_imported_is_a_reason_not_a_traceback(converted, cache,
+                                                                       tmp_path):
+    """A broken install (a missing libtorch_cpu.so, a wheel built for another numpy), whose
+    stand-in is a `torch` package that raises on import, first on the child's path: every
+    command that wanted torch ended in a traceback, the default `rerank` included."""
+    broken = tmp_path / "broken"
+    (broken / "torch").mkdir(parents=True)
+    (broken / "torch" / "__init__.py").write_text(
+        'raise ImportError("libtorch_cpu.so: cannot open shared object file")\n')
+    model = tmp_path / "copy.gguf"
+    model.write_bytes(converted("f32").read_bytes())
+    save_engine_verdict(model, timed(short=(1.0, 0.5), typical=(3.0, 1.5)), TOKENS)  # torch
+    problem = "PyTorch is installed but cannot be imported (ImportError: libtorch_cpu.so"
+    forced = run_python(CLI, "rerank", "-m", model, "-q", "q", "-d", "a", "--engine", "torch",
+                        path_first=broken)
+    assert forced.returncode == 1 and problem in forced.stderr, forced.stderr
+    assert "Traceback" not in forced.stderr
+    ranked = run_python(CLI, "rerank", "-m", model, "-q", "q", "-d", "a", path_first=broken)
+    assert ranked.returncode == 0, ranked.stderr
+    shown = run_python(CLI, "inspect", model, "--json", path_first=broken)
+    engine = json.loads(shown.stdout)["engine"]
+    assert engine["name"] == "llama.cpp" and problem in engine["reason"], engine
 
 
 def test_health_names_the_engine(converted, cache):

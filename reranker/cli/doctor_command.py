@@ -16,8 +16,7 @@ from reranker.cpu_path import (CpuPath, CpuPathError, extra_path_name, machine_k
                                resolve_cpu_path, save_verdict, verdicts_file)
 from reranker.cpu_support import CpuInfo, LlamaBuild, read_cpu_info, read_llama_build
 from reranker.engine_choice import (ROUTED, TIMED_REQUESTS, TORCH_EXTRA_HINT, TORCH_MARGIN,
-                                    save_engine_verdict, torch_available)
-from reranker.errors import RerankerError
+                                    save_engine_verdict, torch_problem)
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import resolve_model
@@ -103,17 +102,19 @@ def _load_engines(model: Path, threads: int | None) -> tuple[dict, dict[str, flo
     from reranker import Reranker
 
     rankers, loads = {}, {}
-    engines = ["llama.cpp"] + (["torch"] if torch_available() else [])
+    problem = torch_problem()
+    engines = ["llama.cpp"] + (["torch"] if problem is None else [])
     for engine in engines:
         started = time.perf_counter()
         try:
             rankers[engine] = Reranker(model, n_threads=threads, engine=engine)
-        except RerankerError as error:  # e.g. a weight type gguf-py cannot dequantize
+        except Exception as error:  # noqa: BLE001 - reported; the CPU report still prints
             if engine == "llama.cpp":
                 raise
+            # e.g. a weight type gguf-py cannot dequantize, or torch failing at run time
             return rankers, loads, f"the torch engine cannot run this file: {error}"
         loads[engine] = round(time.perf_counter() - started, 3)
-    missing = None if "torch" in rankers else f"PyTorch is not installed: {TORCH_EXTRA_HINT}"
+    missing = None if "torch" in rankers else f"{problem}: {TORCH_EXTRA_HINT}"
     return rankers, loads, missing
 
 
@@ -165,7 +166,7 @@ def _time_engines(model: Path, threads: int | None) -> tuple[dict[str, dict], st
     finally:
         for ranker in rankers.values():
             ranker.close()
-    if torch_missing and not torch_available():
+    if torch_missing and torch_problem() is not None:
         return timings, f"llama.cpp ({torch_missing})"
     seconds = {request: {engine: by_request[request]["request_seconds"]
                          for engine, by_request in timings.items()}

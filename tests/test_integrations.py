@@ -424,6 +424,27 @@ def test_missing_model_file_fails_where_the_wrapper_is_built(tmp_path):
         ranker.warm_up()
 
 
+@pytest.mark.parametrize("wrapper", [RerankerCompressor, RerankerPostprocessor])
+def test_unknown_keywords_are_refused(model_path, wrapper):
+    """The frameworks' pydantic models drop fields they do not know: top_k=1 (Haystack's
+    name) returned 3 documents, and max_context or a typo passed without a word."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'top_k'; the number "
+                                        "of documents to return is top_n here"):
+        wrapper(model_path, top_k=1, n_threads=THREADS)
+    for name in ("topn", "max_context"):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{name}'; other "
+                                            "Reranker options .* building the Reranker"):
+            wrapper(model_path, **{name: 1}, n_threads=THREADS)
+
+
+def test_the_frameworks_own_keywords_still_pass(model_path, closing):
+    from llama_index.core.callbacks import CallbackManager
+
+    manager = CallbackManager([])
+    post = closing(RerankerPostprocessor(model_path, n_threads=THREADS, callback_manager=manager))
+    assert post.callback_manager is manager
+
+
 # -- imports -----------------------------------------------------------------------------
 
 def test_importing_reranker_imports_no_framework():

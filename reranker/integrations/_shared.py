@@ -217,6 +217,23 @@ def check_count(name: str, value, *, minimum: int, allow_none: bool) -> None:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
 
 
+def check_keywords(owner: str, keywords: dict, accepted) -> None:
+    """A TypeError naming the first of `keywords` that is not in `accepted`. The
+    frameworks' pydantic models ignore fields they do not know, so without this `top_k=1`
+    (Haystack's name for top_n) or a typo would be dropped without a word. Not pydantic's
+    extra="forbid", which the base classes allow: its ValidationError is a ValueError
+    and cannot say which option was meant."""
+    for name in keywords:
+        if name in accepted:
+            continue
+        if name == "top_k":
+            hint = "; the number of documents to return is top_n here"
+        else:
+            hint = ("; other Reranker options (max_context, max_doc_tokens, ...) are set by "
+                    "building the Reranker and passing it as model")
+        raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint}")
+
+
 def check_instruction(instruction) -> None:
     if instruction is not None and not isinstance(instruction, str):
         raise TypeError(f"instruction is {type(instruction).__name__}; expected str or None")

@@ -387,6 +387,43 @@ def test_a_copied_wrapper_holds_its_own_lease(model_path, closing):
     assert len(deep.compress_documents(lc_documents(), QUERY)) == 3
 
 
+def test_close_during_a_call_lets_the_call_finish(model_path, monkeypatch):
+    """close() from another thread after a call has taken the model but before it scores:
+    the call used to meet a closed model (RerankerClosedError, "create a new Reranker").
+    The patched Reranker.rerank only holds the call in that window, which is real but a
+    few instructions wide, until close() has returned."""
+    compressor = RerankerCompressor(model_path, n_threads=THREADS, block_tokens=768)
+    model = compressor.reranker
+    want = expected(model, TEXTS, top_n=3)
+    in_window, closed = threading.Event(), threading.Event()
+    rerank = Reranker.rerank
+
+    def held_in_the_window(self, *args, **kwargs):
+        if threading.current_thread().name == "caller":
+            in_window.set()
+            closed.wait(timeout=30)
+        return rerank(self, *args, **kwargs)
+    monkeypatch.setattr(Reranker, "rerank", held_in_the_window)
+    outcome = {}
+
+    def call():
+        try:
+            outcome["docs"] = compressor.compress_documents(lc_documents(), QUERY)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+    caller = threading.Thread(target=call, name="caller")
+    caller.start()
+    assert in_window.wait(timeout=30)
+    compressor.close()
+    closed.set()
+    caller.join(timeout=60)
+    assert "error" not in outcome, outcome
+    assert [(d.metadata["i"], d.metadata["relevance_score"]) for d in outcome["docs"]] == want
+    # The call's lease was the last: the model is closed once it ends, not leaked.
+    assert model.closed
+    assert all(o.block_tokens != 768 for _, o, _ in shared_models())
+
+
 def test_a_given_reranker_is_used_and_never_closed(model_path, count_loads):
     with Reranker(model_path, n_threads=1) as own:
         wrappers = [RerankerCompressor(own), RerankerPostprocessor(own), RerankerRanker(own)]

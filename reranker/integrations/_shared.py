@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,12 @@ class _Registry:
     def _load(path: Path, options: LoadOptions) -> Reranker:
         return Reranker(path, **options.given())
 
+    def add_user(self, key: tuple) -> None:
+        """One more lease on the model `key` names, for a caller already holding one (so the
+        entry exists): a call in progress keeps the model open through a close() meanwhile."""
+        with self._lock:
+            self._entries[key].users += 1
+
     def release(self, key: tuple) -> None:
         with self._lock:
             entry = self._entries.get(key)
@@ -152,14 +159,36 @@ class SharedModel:
         if self._given is not None:
             return self._given
         with self._lock:
-            if self._lease is None:
-                self._lease = _registry.acquire(self.path, self.options)
-                # Releases the lease if the wrapper is dropped without close(); calling
-                # it runs it at most once, so close() uses the same object. Not at exit:
-                # the process's memory goes anyway, and llama.cpp may be torn down by then.
-                self._release = weakref.finalize(self, _registry.release, self._lease[0])
-                self._release.atexit = False
-            return self._lease[1]
+            return self._leased()[1]
+
+    def _leased(self) -> tuple[tuple, Reranker]:
+        """This handle's lease, taken now if it has none; called holding self._lock."""
+        if self._lease is None:
+            self._lease = _registry.acquire(self.path, self.options)
+            # Releases the lease if the wrapper is dropped without close(); calling
+            # it runs it at most once, so close() uses the same object. Not at exit:
+            # the process's memory goes anyway, and llama.cpp may be torn down by then.
+            self._release = weakref.finalize(self, _registry.release, self._lease[0])
+            self._release.atexit = False
+        return self._lease
+
+    @contextmanager
+    def _in_use(self) -> Iterator[Reranker]:
+        """The Reranker to score with, kept open until the block ends. The call holds a lease
+        of its own, taken while the handle's lease is held: a close() from another thread
+        between taking the model and scoring would otherwise close it under the call, whose
+        RerankerClosedError ("create a new Reranker") a wrapper's user cannot act on. With
+        it, close() returns at once and the model is closed when the call ends."""
+        if self._given is not None:
+            yield self._given
+            return
+        with self._lock:
+            key, reranker = self._leased()
+            _registry.add_user(key)
+        try:
+            yield reranker
+        finally:
+            _registry.release(key)
 
     def close(self) -> None:
         """Give the lease back (the model is closed once no wrapper holds one); idempotent.
@@ -177,7 +206,8 @@ class SharedModel:
             if not isinstance(query, str):
                 raise TypeError(f"query is {type(query).__name__}; expected str")
             return []
-        return self.get().rerank(query, texts, top_n=top_n, instruction=instruction)
+        with self._in_use() as reranker:
+            return reranker.rerank(query, texts, top_n=top_n, instruction=instruction)
 
     # A framework may copy a wrapper (pydantic's model_copy, copy.deepcopy): the copy
     # gets a handle of its own with the same model and options, which takes its own

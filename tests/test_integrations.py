@@ -451,6 +451,35 @@ def test_a_reranker_closed_by_hand_is_loaded_again(model_path, count_loads):
     assert all(o.block_tokens != 512 for _, o, _ in shared_models())
 
 
+def test_a_relative_path_still_loads_after_a_chdir(model_path, tmp_path, monkeypatch, closing):
+    """A relative path was kept as given, so a load after os.chdir (Haystack's warm-up, a
+    wrapper used after close()) failed: "model file tiny-q8_0.gguf does not exist"."""
+    monkeypatch.chdir(model_path.parent)
+    relative = model_path.name
+    ranker = closing(RerankerRanker(relative, n_threads=THREADS))
+    compressor = closing(RerankerCompressor(relative, n_threads=THREADS))
+    post = closing(RerankerPostprocessor(relative, n_threads=THREADS))
+    compressor.close()
+    post.close()
+    monkeypatch.chdir(tmp_path)
+    ranker.warm_up()
+    assert len(ranker.run(QUERY, hs_documents())["documents"]) == 3
+    assert len(compressor.compress_documents(lc_documents(), QUERY)) == 3
+    assert len(post.postprocess_nodes(li_nodes(), query_str=QUERY)) == 3
+    assert compressor.model == post.model == str(model_path)
+    # A saved Haystack pipeline keeps the path as given, relative to where it is loaded.
+    assert ranker.to_dict()["init_parameters"]["model"] == relative
+    monkeypatch.chdir(model_path.parent)
+    again = closing(RerankerRanker.from_dict(ranker.to_dict()))
+    assert again.to_dict() == ranker.to_dict() and again.reranker is ranker.reranker
+
+
+def test_a_path_from_home_is_expanded(model_path, monkeypatch, closing):
+    monkeypatch.setenv("HOME", str(model_path.parent))
+    compressor = closing(RerankerCompressor(f"~/{model_path.name}", n_threads=THREADS))
+    assert compressor.model == str(model_path)
+
+
 def test_missing_model_file_fails_where_the_wrapper_is_built(tmp_path):
     from reranker import ModelFileError
 

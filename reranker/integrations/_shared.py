@@ -144,7 +144,10 @@ class SharedModel:
             self.path = str(model.model_path)
         elif isinstance(model, (str, os.PathLike)) and isinstance(os.fspath(model), str):
             self._given = None
-            self.path = os.fspath(model)
+            # Absolute now: the file is loaded lazily (Haystack's warm-up, a use after
+            # close()), maybe after the working directory changed. Symlinks are kept, as
+            # the user named the file; "~" is expanded first, as Reranker does.
+            self.path = os.path.abspath(os.path.expanduser(os.fspath(model)))
         else:
             raise TypeError(f"model is {type(model).__name__}; expected the path of a GGUF "
                             "file (str or os.PathLike) or a reranker.Reranker")

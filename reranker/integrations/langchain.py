@@ -34,7 +34,7 @@ class RerankerCompressor(BaseDocumentCompressor):
     """
 
     model: str
-    """Path of the GGUF file (that of the Reranker, when one was passed)."""
+    """Absolute path of the GGUF file (that of the Reranker, when one was passed)."""
     top_n: int | None = 3
     """How many documents to return; None returns them all, reordered."""
     instruction: str | None = None

@@ -39,7 +39,8 @@ class RerankerPostprocessor(BaseNodePostprocessor):
     the caller's `NodeWithScore`s keep their retrieval scores.
     """
 
-    model: str = Field(description="Path of the GGUF file (the Reranker's, when one was passed).")
+    model: str = Field(description="Absolute path of the GGUF file (the Reranker's, "
+                                   "when one was passed).")
     top_n: Optional[int] = Field(default=3, description="Nodes to return; None returns all.")
     instruction: Optional[str] = Field(default=None,
                                        description="Passed to every Reranker.rerank call.")

@@ -7,6 +7,7 @@ import asyncio
 import copy
 import gc
 import os
+import pickle
 import threading
 from pathlib import Path
 
@@ -422,6 +423,36 @@ def test_close_during_a_call_lets_the_call_finish(model_path, monkeypatch):
     # The call's lease was the last: the model is closed once it ends, not leaked.
     assert model.closed
     assert all(o.block_tokens != 768 for _, o, _ in shared_models())
+
+
+def test_an_unpickled_wrapper_ranks_as_the_original(model_path, closing):
+    """The LangChain and Haystack wrappers could not be pickled ("cannot pickle
+    '_thread.lock' object"); multiprocessing and joblib pickle pipeline components."""
+    compressor = closing(RerankerCompressor(model_path, top_n=3, n_threads=THREADS))
+    ranker = closing(RerankerRanker(model_path, top_k=3, n_threads=THREADS))
+    post = closing(RerankerPostprocessor(model_path, top_n=3, n_threads=THREADS))
+    lc_copy = closing(pickle.loads(pickle.dumps(compressor)))
+    hs_copy = closing(pickle.loads(pickle.dumps(ranker)))
+    li_copy = closing(pickle.loads(pickle.dumps(post)))
+    assert lc_copy.compress_documents(lc_documents(), QUERY) == \
+        compressor.compress_documents(lc_documents(), QUERY)
+    assert hs_copy.run(QUERY, hs_documents()) == ranker.run(QUERY, hs_documents())
+    assert li_copy.postprocess_nodes(li_nodes(), query_str=QUERY) == \
+        post.postprocess_nodes(li_nodes(), query_str=QUERY)
+    assert (lc_copy.top_n, hs_copy.top_k, hs_copy.n_threads) == (3, 3, THREADS)
+    # Each copy holds its own lease: closing the original leaves it working.
+    before = leases(model_path)
+    compressor.close()
+    assert leases(model_path) == before - 1
+    assert len(lc_copy.compress_documents(lc_documents(), QUERY)) == 3
+
+
+def test_a_wrapper_on_a_given_reranker_says_why_it_cannot_be_pickled(model_path):
+    with Reranker(model_path, n_threads=1) as own:
+        for wrapper in (RerankerCompressor(own), RerankerRanker(own)):
+            with pytest.raises(TypeError, match="given a loaded Reranker .* cannot be pickled"
+                                                ".* build the wrapper from the model's path"):
+                pickle.dumps(wrapper)
 
 
 def test_a_given_reranker_is_used_and_never_closed(model_path, count_loads):

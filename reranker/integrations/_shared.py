@@ -224,9 +224,25 @@ class SharedModel:
     def __deepcopy__(self, memo) -> SharedModel:
         return self.__copy__()
 
+    # Pickled as what __copy__ rebuilds from (multiprocessing, joblib and serving
+    # frameworks pickle pipeline components): the lock, the lease and its finalizer
+    # cannot be pickled, and the copy takes a lease of its own on first use anyway. The
+    # path is absolute, so the copy finds the file from another working directory.
+    def __reduce__(self):
+        if self._given is not None:
+            raise TypeError(
+                f"a wrapper given a loaded Reranker ({self.path}) cannot be pickled: its "
+                "llama.cpp model lives in this process; build the wrapper from the model's "
+                "path to pickle it")
+        return _unpickled_shared_model, (self.path, self.options.given())
+
     def __repr__(self) -> str:
         kind = "given" if self._given is not None else "shared"
         return f"SharedModel({self.path!r}, {kind}, {self.options.given()})"
+
+
+def _unpickled_shared_model(path: str, options: dict) -> SharedModel:
+    return SharedModel(path, **options)
 
 
 def checked_shared_model(model, *, top_n, instruction, **load_options) -> SharedModel:

@@ -239,6 +239,29 @@ def test_haystack_ranker_in_a_pipeline_ranks_as_rerank(model_path, closing):
     assert ranked(five) == expected(ranker.reranker, TEXTS, top_n=5)
 
 
+def test_haystack_run_async_scores_off_the_event_loop(model_path, closing, monkeypatch):
+    """docs/integrations.md named an AsyncPipeline, which haystack-ai 3 does not have; the
+    documented way is Pipeline.run_async, which runs this sync component in a thread."""
+    ranker = closing(RerankerRanker(model_path, top_k=3, n_threads=THREADS))
+    pipeline = Pipeline()
+    pipeline.add_component("ranker", ranker)
+    pipeline.warm_up()
+    threads = []
+    rerank = SharedModel.rerank
+
+    def recording(self, *args, **kwargs):
+        threads.append(threading.get_ident())
+        return rerank(self, *args, **kwargs)
+    monkeypatch.setattr(SharedModel, "rerank", recording)
+
+    async def main():
+        out = await pipeline.run_async({"ranker": {"query": QUERY, "documents": hs_documents()}})
+        return threading.get_ident(), out
+    loop_thread, out = asyncio.run(main())
+    assert threads and threads[0] != loop_thread
+    assert ranked(out["ranker"]) == expected(ranker.reranker, TEXTS, top_n=3)
+
+
 def test_haystack_meta_fields_and_instruction(model_path, closing):
     ranker = closing(RerankerRanker(model_path, top_k=6, n_threads=THREADS, instruction=INSTRUCTION,
                                     meta_fields_to_embed=["title"], embedding_separator=" | "))

@@ -79,6 +79,26 @@ def leases(path: Path) -> int:
     return sum(users for file, _, users in shared_models() if file == Path(path).resolve())
 
 
+@pytest.fixture
+def scoring_threads(monkeypatch) -> list[int]:
+    """The id of the thread each SharedModel.rerank call ran in, in call order."""
+    threads = []
+    rerank = SharedModel.rerank
+
+    def recording(self, *args, **kwargs):
+        threads.append(threading.get_ident())
+        return rerank(self, *args, **kwargs)
+    monkeypatch.setattr(SharedModel, "rerank", recording)
+    return threads
+
+
+def on_an_event_loop(start):
+    """(the event loop's thread id, the result) of awaiting start() in asyncio.run."""
+    async def main():
+        return threading.get_ident(), await start()
+    return asyncio.run(main())
+
+
 # -- LangChain ---------------------------------------------------------------------------
 
 def lc_documents() -> list[LangChainDocument]:
@@ -126,22 +146,11 @@ def test_langchain_inside_contextual_compression_retriever(model_path, closing):
             [(retrieved[i].id, score) for i, score in want]
 
 
-def test_langchain_async_scores_off_the_event_loop(model_path, closing, monkeypatch):
+def test_langchain_async_scores_off_the_event_loop(model_path, closing, scoring_threads):
     compressor = closing(RerankerCompressor(model_path, top_n=3, n_threads=THREADS))
-    threads = []
-    rerank = SharedModel.rerank
-
-    def recording(self, *args, **kwargs):
-        threads.append(threading.get_ident())
-        return rerank(self, *args, **kwargs)
-    monkeypatch.setattr(SharedModel, "rerank", recording)
-
-    async def main():
-        loop_thread = threading.get_ident()
-        out = await compressor.acompress_documents(lc_documents(), QUERY)
-        return loop_thread, out
-    loop_thread, out = asyncio.run(main())
-    assert threads and threads[0] != loop_thread
+    loop_thread, out = on_an_event_loop(
+        lambda: compressor.acompress_documents(lc_documents(), QUERY))
+    assert scoring_threads and scoring_threads[0] != loop_thread
     assert out == compressor.compress_documents(lc_documents(), QUERY)
 
 
@@ -239,26 +248,16 @@ def test_haystack_ranker_in_a_pipeline_ranks_as_rerank(model_path, closing):
     assert ranked(five) == expected(ranker.reranker, TEXTS, top_n=5)
 
 
-def test_haystack_run_async_scores_off_the_event_loop(model_path, closing, monkeypatch):
+def test_haystack_run_async_scores_off_the_event_loop(model_path, closing, scoring_threads):
     """docs/integrations.md named an AsyncPipeline, which haystack-ai 3 does not have; the
     documented way is Pipeline.run_async, which runs this sync component in a thread."""
     ranker = closing(RerankerRanker(model_path, top_k=3, n_threads=THREADS))
     pipeline = Pipeline()
     pipeline.add_component("ranker", ranker)
     pipeline.warm_up()
-    threads = []
-    rerank = SharedModel.rerank
-
-    def recording(self, *args, **kwargs):
-        threads.append(threading.get_ident())
-        return rerank(self, *args, **kwargs)
-    monkeypatch.setattr(SharedModel, "rerank", recording)
-
-    async def main():
-        out = await pipeline.run_async({"ranker": {"query": QUERY, "documents": hs_documents()}})
-        return threading.get_ident(), out
-    loop_thread, out = asyncio.run(main())
-    assert threads and threads[0] != loop_thread
+    loop_thread, out = on_an_event_loop(lambda: pipeline.run_async(
+        {"ranker": {"query": QUERY, "documents": hs_documents()}}))
+    assert scoring_threads and scoring_threads[0] != loop_thread
     assert ranked(out["ranker"]) == expected(ranker.reranker, TEXTS, top_n=3)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import copy
 import gc
 import os
+import pickle
 import threading
 from pathlib import Path
 
@@ -78,6 +79,26 @@ def leases(path: Path) -> int:
     return sum(users for file, _, users in shared_models() if file == Path(path).resolve())
 
 
+@pytest.fixture
+def scoring_threads(monkeypatch) -> list[int]:
+    """The id of the thread each SharedModel.rerank call ran in, in call order."""
+    threads = []
+    rerank = SharedModel.rerank
+
+    def recording(self, *args, **kwargs):
+        threads.append(threading.get_ident())
+        return rerank(self, *args, **kwargs)
+    monkeypatch.setattr(SharedModel, "rerank", recording)
+    return threads
+
+
+def on_an_event_loop(start):
+    """(the event loop's thread id, the result) of awaiting start() in asyncio.run."""
+    async def main():
+        return threading.get_ident(), await start()
+    return asyncio.run(main())
+
+
 # -- LangChain ---------------------------------------------------------------------------
 
 def lc_documents() -> list[LangChainDocument]:
@@ -125,22 +146,11 @@ def test_langchain_inside_contextual_compression_retriever(model_path, closing):
             [(retrieved[i].id, score) for i, score in want]
 
 
-def test_langchain_async_scores_off_the_event_loop(model_path, closing, monkeypatch):
+def test_langchain_async_scores_off_the_event_loop(model_path, closing, scoring_threads):
     compressor = closing(RerankerCompressor(model_path, top_n=3, n_threads=THREADS))
-    threads = []
-    rerank = SharedModel.rerank
-
-    def recording(self, *args, **kwargs):
-        threads.append(threading.get_ident())
-        return rerank(self, *args, **kwargs)
-    monkeypatch.setattr(SharedModel, "rerank", recording)
-
-    async def main():
-        loop_thread = threading.get_ident()
-        out = await compressor.acompress_documents(lc_documents(), QUERY)
-        return loop_thread, out
-    loop_thread, out = asyncio.run(main())
-    assert threads and threads[0] != loop_thread
+    loop_thread, out = on_an_event_loop(
+        lambda: compressor.acompress_documents(lc_documents(), QUERY))
+    assert scoring_threads and scoring_threads[0] != loop_thread
     assert out == compressor.compress_documents(lc_documents(), QUERY)
 
 
@@ -236,6 +246,19 @@ def test_haystack_ranker_in_a_pipeline_ranks_as_rerank(model_path, closing):
     assert [d.score for d in docs] == [d.score for d in hs_documents()]  # inputs untouched
     five = pipeline.run({"ranker": {"query": QUERY, "documents": docs, "top_k": 5}})["ranker"]
     assert ranked(five) == expected(ranker.reranker, TEXTS, top_n=5)
+
+
+def test_haystack_run_async_scores_off_the_event_loop(model_path, closing, scoring_threads):
+    """docs/integrations.md named an AsyncPipeline, which haystack-ai 3 does not have; the
+    documented way is Pipeline.run_async, which runs this sync component in a thread."""
+    ranker = closing(RerankerRanker(model_path, top_k=3, n_threads=THREADS))
+    pipeline = Pipeline()
+    pipeline.add_component("ranker", ranker)
+    pipeline.warm_up()
+    loop_thread, out = on_an_event_loop(lambda: pipeline.run_async(
+        {"ranker": {"query": QUERY, "documents": hs_documents()}}))
+    assert scoring_threads and scoring_threads[0] != loop_thread
+    assert ranked(out["ranker"]) == expected(ranker.reranker, TEXTS, top_n=3)
 
 
 def test_haystack_meta_fields_and_instruction(model_path, closing):
@@ -387,6 +410,73 @@ def test_a_copied_wrapper_holds_its_own_lease(model_path, closing):
     assert len(deep.compress_documents(lc_documents(), QUERY)) == 3
 
 
+def test_close_during_a_call_lets_the_call_finish(model_path, monkeypatch):
+    """close() from another thread after a call has taken the model but before it scores:
+    the call used to meet a closed model (RerankerClosedError, "create a new Reranker").
+    The patched Reranker.rerank only holds the call in that window, which is real but a
+    few instructions wide, until close() has returned."""
+    compressor = RerankerCompressor(model_path, n_threads=THREADS, block_tokens=768)
+    model = compressor.reranker
+    want = expected(model, TEXTS, top_n=3)
+    in_window, closed = threading.Event(), threading.Event()
+    rerank = Reranker.rerank
+
+    def held_in_the_window(self, *args, **kwargs):
+        if threading.current_thread().name == "caller":
+            in_window.set()
+            closed.wait(timeout=30)
+        return rerank(self, *args, **kwargs)
+    monkeypatch.setattr(Reranker, "rerank", held_in_the_window)
+    outcome = {}
+
+    def call():
+        try:
+            outcome["docs"] = compressor.compress_documents(lc_documents(), QUERY)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+    caller = threading.Thread(target=call, name="caller")
+    caller.start()
+    assert in_window.wait(timeout=30)
+    compressor.close()
+    closed.set()
+    caller.join(timeout=60)
+    assert "error" not in outcome, outcome
+    assert [(d.metadata["i"], d.metadata["relevance_score"]) for d in outcome["docs"]] == want
+    # The call's lease was the last: the model is closed once it ends, not leaked.
+    assert model.closed
+    assert all(o.block_tokens != 768 for _, o, _ in shared_models())
+
+
+def test_an_unpickled_wrapper_ranks_as_the_original(model_path, closing):
+    """The LangChain and Haystack wrappers could not be pickled ("cannot pickle
+    '_thread.lock' object"); multiprocessing and joblib pickle pipeline components."""
+    compressor = closing(RerankerCompressor(model_path, top_n=3, n_threads=THREADS))
+    ranker = closing(RerankerRanker(model_path, top_k=3, n_threads=THREADS))
+    post = closing(RerankerPostprocessor(model_path, top_n=3, n_threads=THREADS))
+    lc_copy = closing(pickle.loads(pickle.dumps(compressor)))
+    hs_copy = closing(pickle.loads(pickle.dumps(ranker)))
+    li_copy = closing(pickle.loads(pickle.dumps(post)))
+    assert lc_copy.compress_documents(lc_documents(), QUERY) == \
+        compressor.compress_documents(lc_documents(), QUERY)
+    assert hs_copy.run(QUERY, hs_documents()) == ranker.run(QUERY, hs_documents())
+    assert li_copy.postprocess_nodes(li_nodes(), query_str=QUERY) == \
+        post.postprocess_nodes(li_nodes(), query_str=QUERY)
+    assert (lc_copy.top_n, hs_copy.top_k, hs_copy.n_threads) == (3, 3, THREADS)
+    # Each copy holds its own lease: closing the original leaves it working.
+    before = leases(model_path)
+    compressor.close()
+    assert leases(model_path) == before - 1
+    assert len(lc_copy.compress_documents(lc_documents(), QUERY)) == 3
+
+
+def test_a_wrapper_on_a_given_reranker_says_why_it_cannot_be_pickled(model_path):
+    with Reranker(model_path, n_threads=1) as own:
+        for wrapper in (RerankerCompressor(own), RerankerRanker(own)):
+            with pytest.raises(TypeError, match="given a loaded Reranker .* cannot be pickled"
+                                                ".* build the wrapper from the model's path"):
+                pickle.dumps(wrapper)
+
+
 def test_a_given_reranker_is_used_and_never_closed(model_path, count_loads):
     with Reranker(model_path, n_threads=1) as own:
         wrappers = [RerankerCompressor(own), RerankerPostprocessor(own), RerankerRanker(own)]
@@ -414,6 +504,35 @@ def test_a_reranker_closed_by_hand_is_loaded_again(model_path, count_loads):
     assert all(o.block_tokens != 512 for _, o, _ in shared_models())
 
 
+def test_a_relative_path_still_loads_after_a_chdir(model_path, tmp_path, monkeypatch, closing):
+    """A relative path was kept as given, so a load after os.chdir (Haystack's warm-up, a
+    wrapper used after close()) failed: "model file tiny-q8_0.gguf does not exist"."""
+    monkeypatch.chdir(model_path.parent)
+    relative = model_path.name
+    ranker = closing(RerankerRanker(relative, n_threads=THREADS))
+    compressor = closing(RerankerCompressor(relative, n_threads=THREADS))
+    post = closing(RerankerPostprocessor(relative, n_threads=THREADS))
+    compressor.close()
+    post.close()
+    monkeypatch.chdir(tmp_path)
+    ranker.warm_up()
+    assert len(ranker.run(QUERY, hs_documents())["documents"]) == 3
+    assert len(compressor.compress_documents(lc_documents(), QUERY)) == 3
+    assert len(post.postprocess_nodes(li_nodes(), query_str=QUERY)) == 3
+    assert compressor.model == post.model == str(model_path)
+    # A saved Haystack pipeline keeps the path as given, relative to where it is loaded.
+    assert ranker.to_dict()["init_parameters"]["model"] == relative
+    monkeypatch.chdir(model_path.parent)
+    again = closing(RerankerRanker.from_dict(ranker.to_dict()))
+    assert again.to_dict() == ranker.to_dict() and again.reranker is ranker.reranker
+
+
+def test_a_path_from_home_is_expanded(model_path, monkeypatch, closing):
+    monkeypatch.setenv("HOME", str(model_path.parent))
+    compressor = closing(RerankerCompressor(f"~/{model_path.name}", n_threads=THREADS))
+    assert compressor.model == str(model_path)
+
+
 def test_missing_model_file_fails_where_the_wrapper_is_built(tmp_path):
     from reranker import ModelFileError
 
@@ -422,6 +541,27 @@ def test_missing_model_file_fails_where_the_wrapper_is_built(tmp_path):
     ranker = RerankerRanker(tmp_path / "nope.gguf")  # Haystack: at warm-up
     with pytest.raises(ModelFileError, match="does not exist"):
         ranker.warm_up()
+
+
+@pytest.mark.parametrize("wrapper", [RerankerCompressor, RerankerPostprocessor])
+def test_unknown_keywords_are_refused(model_path, wrapper):
+    """The frameworks' pydantic models drop fields they do not know: top_k=1 (Haystack's
+    name) returned 3 documents, and max_context or a typo passed without a word."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'top_k'; the number "
+                                        "of documents to return is top_n here"):
+        wrapper(model_path, top_k=1, n_threads=THREADS)
+    for name in ("topn", "max_context"):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{name}'; other "
+                                            "Reranker options .* building the Reranker"):
+            wrapper(model_path, **{name: 1}, n_threads=THREADS)
+
+
+def test_the_frameworks_own_keywords_still_pass(model_path, closing):
+    from llama_index.core.callbacks import CallbackManager
+
+    manager = CallbackManager([])
+    post = closing(RerankerPostprocessor(model_path, n_threads=THREADS, callback_manager=manager))
+    assert post.callback_manager is manager
 
 
 # -- imports -----------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,12 @@ class _Registry:
     def _load(path: Path, options: LoadOptions) -> Reranker:
         return Reranker(path, **options.given())
 
+    def add_user(self, key: tuple) -> None:
+        """One more lease on the model `key` names, for a caller already holding one (so the
+        entry exists): a call in progress keeps the model open through a close() meanwhile."""
+        with self._lock:
+            self._entries[key].users += 1
+
     def release(self, key: tuple) -> None:
         with self._lock:
             entry = self._entries.get(key)
@@ -137,7 +144,10 @@ class SharedModel:
             self.path = str(model.model_path)
         elif isinstance(model, (str, os.PathLike)) and isinstance(os.fspath(model), str):
             self._given = None
-            self.path = os.fspath(model)
+            # Absolute now: the file is loaded lazily (Haystack's warm-up, a use after
+            # close()), maybe after the working directory changed. Symlinks are kept, as
+            # the user named the file; "~" is expanded first, as Reranker does.
+            self.path = os.path.abspath(os.path.expanduser(os.fspath(model)))
         else:
             raise TypeError(f"model is {type(model).__name__}; expected the path of a GGUF "
                             "file (str or os.PathLike) or a reranker.Reranker")
@@ -152,14 +162,36 @@ class SharedModel:
         if self._given is not None:
             return self._given
         with self._lock:
-            if self._lease is None:
-                self._lease = _registry.acquire(self.path, self.options)
-                # Releases the lease if the wrapper is dropped without close(); calling
-                # it runs it at most once, so close() uses the same object. Not at exit:
-                # the process's memory goes anyway, and llama.cpp may be torn down by then.
-                self._release = weakref.finalize(self, _registry.release, self._lease[0])
-                self._release.atexit = False
-            return self._lease[1]
+            return self._leased()[1]
+
+    def _leased(self) -> tuple[tuple, Reranker]:
+        """This handle's lease, taken now if it has none; called holding self._lock."""
+        if self._lease is None:
+            self._lease = _registry.acquire(self.path, self.options)
+            # Releases the lease if the wrapper is dropped without close(); calling
+            # it runs it at most once, so close() uses the same object. Not at exit:
+            # the process's memory goes anyway, and llama.cpp may be torn down by then.
+            self._release = weakref.finalize(self, _registry.release, self._lease[0])
+            self._release.atexit = False
+        return self._lease
+
+    @contextmanager
+    def _in_use(self) -> Iterator[Reranker]:
+        """The Reranker to score with, kept open until the block ends. The call holds a lease
+        of its own, taken while the handle's lease is held: a close() from another thread
+        between taking the model and scoring would otherwise close it under the call, whose
+        RerankerClosedError ("create a new Reranker") a wrapper's user cannot act on. With
+        it, close() returns at once and the model is closed when the call ends."""
+        if self._given is not None:
+            yield self._given
+            return
+        with self._lock:
+            key, reranker = self._leased()
+            _registry.add_user(key)
+        try:
+            yield reranker
+        finally:
+            _registry.release(key)
 
     def close(self) -> None:
         """Give the lease back (the model is closed once no wrapper holds one); idempotent.
@@ -177,7 +209,8 @@ class SharedModel:
             if not isinstance(query, str):
                 raise TypeError(f"query is {type(query).__name__}; expected str")
             return []
-        return self.get().rerank(query, texts, top_n=top_n, instruction=instruction)
+        with self._in_use() as reranker:
+            return reranker.rerank(query, texts, top_n=top_n, instruction=instruction)
 
     # A framework may copy a wrapper (pydantic's model_copy, copy.deepcopy): the copy
     # gets a handle of its own with the same model and options, which takes its own
@@ -191,9 +224,25 @@ class SharedModel:
     def __deepcopy__(self, memo) -> SharedModel:
         return self.__copy__()
 
+    # Pickled as what __copy__ rebuilds from (multiprocessing, joblib and serving
+    # frameworks pickle pipeline components): the lock, the lease and its finalizer
+    # cannot be pickled, and the copy takes a lease of its own on first use anyway. The
+    # path is absolute, so the copy finds the file from another working directory.
+    def __reduce__(self):
+        if self._given is not None:
+            raise TypeError(
+                f"a wrapper given a loaded Reranker ({self.path}) cannot be pickled: its "
+                "llama.cpp model lives in this process; build the wrapper from the model's "
+                "path to pickle it")
+        return _unpickled_shared_model, (self.path, self.options.given())
+
     def __repr__(self) -> str:
         kind = "given" if self._given is not None else "shared"
         return f"SharedModel({self.path!r}, {kind}, {self.options.given()})"
+
+
+def _unpickled_shared_model(path: str, options: dict) -> SharedModel:
+    return SharedModel(path, **options)
 
 
 def checked_shared_model(model, *, top_n, instruction, **load_options) -> SharedModel:
@@ -215,6 +264,23 @@ def check_count(name: str, value, *, minimum: int, allow_none: bool) -> None:
         raise TypeError(f"{name} is {type(value).__name__}; expected {expected}")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def check_keywords(owner: str, keywords: dict, accepted) -> None:
+    """A TypeError naming the first of `keywords` that is not in `accepted`. The
+    frameworks' pydantic models ignore fields they do not know, so without this `top_k=1`
+    (Haystack's name for top_n) or a typo would be dropped without a word. Not pydantic's
+    extra="forbid", which the base classes allow: its ValidationError is a ValueError
+    and cannot say which option was meant."""
+    for name in keywords:
+        if name in accepted:
+            continue
+        if name == "top_k":
+            hint = "; the number of documents to return is top_n here"
+        else:
+            hint = ("; other Reranker options (max_context, max_doc_tokens, ...) are set by "
+                    "building the Reranker and passing it as model")
+        raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint}")
 
 
 def check_instruction(instruction) -> None:

@@ -56,7 +56,11 @@ class RerankerRanker:
                             "expected str")
         self._shared = SharedModel(model, n_threads=n_threads, block_tokens=block_tokens,
                                    cpu_path=cpu_path, engine=engine)
-        self.model = self._shared.path
+        # to_dict saves a path as it was given, not the absolute one the model loads from:
+        # a saved pipeline travels with its models (a repository, a container image), and
+        # "models/m.gguf" then names the file next to wherever the pipeline is loaded, as a
+        # relative path in any config file does; an absolute path would name this machine's.
+        self.model = self._shared.path if self._shared.given else os.fspath(model)
         self.top_k = top_k
         self.instruction = instruction
         self.n_threads, self.block_tokens = n_threads, block_tokens

@@ -19,7 +19,8 @@ except ImportError as exc:  # the extra is not installed
     raise ImportError("reranker.integrations.langchain needs langchain-core: "
                       "pip install 'reranker[langchain]'") from exc
 
-from reranker.integrations._shared import SharedModel, check_list, checked_shared_model
+from reranker.integrations._shared import (SharedModel, check_keywords, check_list,
+                                           checked_shared_model)
 from reranker.reranker import Reranker
 
 
@@ -33,7 +34,7 @@ class RerankerCompressor(BaseDocumentCompressor):
     """
 
     model: str
-    """Path of the GGUF file (that of the Reranker, when one was passed)."""
+    """Absolute path of the GGUF file (that of the Reranker, when one was passed)."""
     top_n: int | None = 3
     """How many documents to return; None returns them all, reordered."""
     instruction: str | None = None
@@ -49,6 +50,7 @@ class RerankerCompressor(BaseDocumentCompressor):
                  instruction: str | None = None, n_threads: int | None = None,
                  block_tokens: int | None = None, cpu_path: str | None = None,
                  engine: str | None = None, **kwargs):
+        check_keywords("RerankerCompressor", kwargs, type(self).model_fields)
         load = dict(n_threads=n_threads, block_tokens=block_tokens, cpu_path=cpu_path,
                     engine=engine)
         shared = checked_shared_model(model, top_n=top_n, instruction=instruction, **load)

@@ -20,7 +20,8 @@ except ImportError as exc:  # the extra is not installed
     raise ImportError("reranker.integrations.llama_index needs llama-index-core: "
                       "pip install 'reranker[llama-index]'") from exc
 
-from reranker.integrations._shared import SharedModel, check_list, checked_shared_model
+from reranker.integrations._shared import (SharedModel, check_keywords, check_list,
+                                           checked_shared_model)
 from reranker.reranker import Reranker
 
 dispatcher = get_dispatcher(__name__)
@@ -38,7 +39,8 @@ class RerankerPostprocessor(BaseNodePostprocessor):
     the caller's `NodeWithScore`s keep their retrieval scores.
     """
 
-    model: str = Field(description="Path of the GGUF file (the Reranker's, when one was passed).")
+    model: str = Field(description="Absolute path of the GGUF file (the Reranker's, "
+                                   "when one was passed).")
     top_n: Optional[int] = Field(default=3, description="Nodes to return; None returns all.")
     instruction: Optional[str] = Field(default=None,
                                        description="Passed to every Reranker.rerank call.")
@@ -56,6 +58,7 @@ class RerankerPostprocessor(BaseNodePostprocessor):
                  block_tokens: Optional[int] = None, cpu_path: Optional[str] = None,
                  engine: Optional[str] = None,
                  metadata_mode: MetadataMode | str = MetadataMode.EMBED, **kwargs):
+        check_keywords("RerankerPostprocessor", kwargs, type(self).model_fields)
         load = dict(n_threads=n_threads, block_tokens=block_tokens, cpu_path=cpu_path,
                     engine=engine)
         shared = checked_shared_model(model, top_n=top_n, instruction=instruction, **load)

@@ -21,10 +21,11 @@ The paths:
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,14 +136,29 @@ def resolve_cpu_path(requested: str | None = None) -> CpuPath:
 
 # -- doctor's verdicts, kept per build and CPU ------------------------------------------
 def cache_dir() -> Path:
+    """OSError when there is none to be had (no $HOME, and a user id without a passwd
+    entry, as containers run): callers treat it as an unreadable cache, never checked."""
     if os.environ.get(CACHE_ENV_VAR):
         return Path(os.environ[CACHE_ENV_VAR])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = Path.home() / ".cache"
+        except RuntimeError as error:  # what pathlib raises when it finds no home
+            raise OSError(f"no cache folder: {error} (set ${CACHE_ENV_VAR})") from None
     return Path(base) / "reranker"
 
 
 def verdicts_file() -> Path:
     return cache_dir() / _VERDICTS_FILE
+
+
+def verdicts_location() -> str:
+    """Where verdicts are kept, for messages: the file, or why there is none."""
+    try:
+        return str(verdicts_file())
+    except OSError as error:
+        return f"({error})"
 
 
 def machine_key(cpu: CpuInfo, build: LlamaBuild) -> str:
@@ -160,31 +176,46 @@ def _read_verdicts(path: Path) -> dict:
 
 
 def load_entry(key: str) -> object:
-    """What was recorded under `key` (None if nothing); any JSON value."""
-    return _read_verdicts(verdicts_file()).get(key)
+    """What was recorded under `key` (None if nothing, or no cache can be read); any JSON
+    value."""
+    try:
+        return _read_verdicts(verdicts_file()).get(key)
+    except OSError:
+        return None
 
 
 def save_entry(key: str, entry: dict) -> None:
-    """Record `entry` under `key` beside the other verdicts (a temporary file, renamed)."""
+    """Record `entry` under `key` beside the other verdicts (a temporary file, renamed).
+
+    Two doctors at once (a provisioning script timing two models) each read, change and
+    write the whole file: a lock beside it makes them take turns, or one's entry was lost.
+    The file gets the mode any new file gets (0666 less the umask), so a service account
+    reads what an administrator's doctor recorded in a shared cache.
+    """
     target = verdicts_file()
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    verdicts = _read_verdicts(target)
-    verdicts[key] = entry
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".cpu-paths-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(verdicts, file, indent=2)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with open(folder / f".{_VERDICTS_FILE}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        verdicts = _read_verdicts(target)
+        verdicts[key] = entry
+        temporary = folder / f".{_VERDICTS_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                json.dump(verdicts, file, indent=2)
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
 
 def load_verdict(key: str) -> Verdict | None:
     entry = load_entry(key)
     try:
-        return Verdict(str(entry["path"]), bool(entry["ok"]), str(entry["detail"]),
+        if not isinstance(entry["ok"], bool):  # a hand-edited "false" is not a pass
+            return None
+        return Verdict(str(entry["path"]), entry["ok"], str(entry["detail"]),
                        str(entry["checked_at"]))
     except (TypeError, KeyError):
         return None

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from reranker.cpu_path import (CpuPathError, Verdict, choose_cpu_path, extra_pat
 from reranker.cpu_support import elf_comment, read_cpu_info, read_llama_build
 from reranker.cli.main import cli
 
+ROOT = Path(__file__).resolve().parent.parent
 AMX_BUILD = ("AMX", "CPU_REPACK")
 NO_AMX_BUILD = ("CPU_REPACK",)
 SEGFAULT = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
@@ -121,19 +125,75 @@ def test_a_verdict_decides_auto_for_its_build_and_cpu_only(cache, monkeypatch):
     assert load_verdict(machine_key(other_cpu, build)) is None
     save_verdict(machine_key(read_cpu_info(), build), "amx", False, "q8_0: crashed")
     assert resolve_cpu_path().name == "plain"
-    assert [p.name for p in cache.iterdir()] == ["cpu-paths.json"]  # no temporary left
+    # No temporary file left (the lock file stays: it is how writers take turns).
+    assert sorted(p.name for p in cache.iterdir()) == [".cpu-paths.json.lock", "cpu-paths.json"]
 
 
 def test_an_unreadable_verdict_file_counts_as_never_checked(cache, monkeypatch):
     build = forced_build(AMX_BUILD)
     monkeypatch.setattr("reranker.cpu_path.read_llama_build", lambda: build)
     cache.mkdir(parents=True)
-    for garbage in ("{not json", "[1, 2]", json.dumps({machine_key(read_cpu_info(), build): 7})):
+    key = machine_key(read_cpu_info(), build)
+    hand_edited = {"path": "amx", "ok": "false", "detail": "q8_0: crashed", "checked_at": "x"}
+    for garbage in ("{not json", "[1, 2]", json.dumps({key: 7}), json.dumps({key: hand_edited})):
         verdicts_file().write_text(garbage)
         assert load_verdict(machine_key(read_cpu_info(), build)) is None
         assert resolve_cpu_path().name == "plain"
     save_verdict("k", "amx", True, "fine")  # and it is replaced, not appended to
     assert load_verdict("k").ok
+
+
+def test_no_home_folder_means_no_cache_not_a_crash(converted, monkeypatch, tmp_path):
+    """A container's user id without a passwd entry and no $HOME: pathlib's RuntimeError
+    crashed every command. Path.home is made to raise it here (the tests run as a user
+    who has a home), as it does there."""
+    for name in ("RERANKER_CACHE_DIR", "XDG_CACHE_HOME", "HOME", "RERANKER_CPU_PATH"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert load_verdict("any") is None and resolve_cpu_path().name in ("plain", "repack")
+    with pytest.raises(OSError, match="no cache folder.*RERANKER_CACHE_DIR"):
+        save_verdict("any", "amx", True, "fine")
+    with Reranker(converted("q8_0"), n_threads=1) as ranker:
+        assert ranker.engine_choice.name == "llama.cpp"
+        assert ranker.score("q", ["d"]).scores.shape == (1,)
+    done = CliRunner().invoke(cli, ["inspect", str(converted("q8_0"))])
+    assert done.exit_code == 0 and "Traceback" not in done.output, done.output
+
+
+CONCURRENT_WRITER = """
+import sys, time
+from reranker.cpu_path import save_entry
+who, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+for i in range(150):
+    save_entry(f"{who}-{i}", {"i": i})
+"""
+
+
+def test_two_writers_at_once_lose_no_verdict(cache):
+    """Two doctors at once (a provisioning script timing two models): each read, changed
+    and wrote the whole file, and one's entries vanished (354 of 600 survived)."""
+    start = time.time() + 2
+    writers = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, who, str(start)],
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+               for who in ("a", "b")]
+    assert [writer.wait(120) for writer in writers] == [0, 0]
+    assert len(json.loads(verdicts_file().read_text())) == 300
+
+
+def test_the_verdict_file_is_readable_as_any_new_file(cache):
+    """mkstemp's 0600 hid an administrator's verdicts from the service account."""
+    previous = os.umask(0o022)
+    try:
+        save_verdict("k", "amx", True, "fine")
+    finally:
+        os.umask(previous)
+    assert verdicts_file().stat().st_mode & 0o777 == 0o644
 
 
 # -- what the machine and the build say ----------------------------------------------------

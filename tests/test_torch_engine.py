@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from reranker import Reranker
 from reranker import torch_engine
 from reranker.cli.main import cli
+from reranker.cpu_path import CpuPathError
 from reranker.cpu_support import CpuInfo, read_cpu_info
 from reranker.engine_choice import (ENGINES, ROUTED, TIMED_REQUESTS, Engine, EngineError,
                                     EngineVerdict, auto_engine, choose_engine,
@@ -553,8 +554,15 @@ def test_a_verdict_recorded_before_token_counts_were_kept_counts_as_none(convert
     earlier = {name: value for name, value in records[key].items()
                if name not in ("tokens", "torch_from_tokens")}
     earlier["seconds"] = {"llama.cpp": 3.0, "torch": 1.5}  # the earlier record's shape
-    for broken in (earlier, {**records[key], "engine": ROUTED},  # routed, no threshold
-                   {**records[key], "tokens": {"short": 327}}):  # a request without tokens
+    routed = {**records[key], "engine": ROUTED}
+    hand_edited = [{**routed, "torch_from_tokens": value} for value in
+                   (float("inf"), 5.9, "5", True, 0, float("nan"))]  # 1e999 reads as inf
+    hand_edited += [{**records[key], "tokens": {**records[key]["tokens"], "short": 1e999}},
+                    {**records[key], "seconds": {**records[key]["seconds"],
+                                                 "short": {"llama.cpp": "1", "torch": 0.5}}}]
+    for broken in (earlier, routed,  # routed, no threshold
+                   {**records[key], "tokens": {"short": 327}},  # a request without tokens
+                   *hand_edited):  # an OverflowError traceback in every command, for inf
         verdicts.write_text(json.dumps({key: broken}))
         assert load_engine_verdict(model) is None
         chosen = resolve_engine(None, model)
@@ -568,6 +576,15 @@ def test_an_unreadable_verdict_file_counts_as_no_measurement(converted, cache):
 
 
 # -- the CLI, doctor, inspect and the server -----------------------------------------------------
+def test_llama_cpp_options_are_checked_on_the_torch_engine_too(converted, cache):
+    """Whether a setting is refused must not turn on what doctor recorded for auto."""
+    model = converted("f32")
+    with pytest.raises(CpuPathError, match="'bogus'"):
+        Reranker(model, engine="torch", cpu_path="bogus")
+    with pytest.raises(ValueError, match="kv_cache_type 'nonsense' is not one of"):
+        Reranker(model, engine="torch", kv_cache_type="nonsense")
+
+
 def test_cli_engine_option(converted, cache):
     model = str(converted("f32"))
     done = CliRunner().invoke(cli, ["rerank", "-m", model, "-q", QUERY, "--json",
@@ -625,6 +642,8 @@ def test_doctor_times_both_engines_and_records_the_faster(converted, cache, tmp_
     recorded = load_engine_verdict(model)
     assert recorded.engine == faster and recorded.fingerprint == model_fingerprint(model)
     assert recorded.torch_from_tokens == threshold
+    assert report["engine_verdict"] == {"engine": faster, "torch_from_tokens": threshold,
+                                        "recorded": True}
     assert resolve_engine(None, model).name == faster
     with Reranker(model, n_threads=1) as ranker:
         assert ranker.engine.name == ranker.engine_choice.name == faster
@@ -646,6 +665,8 @@ def test_doctor_without_torch_times_llama_cpp_alone_and_records_nothing(converte
     runs = {request: timing["runs"] for request, timing in report["engines"]["llama.cpp"].items()}
     assert runs == {"short": 2, "medium": 1, "typical": 1}  # no turns to take alone
     assert "PyTorch is not installed" in report["engine"] and "reranker[torch]" in report["engine"]
+    assert report["engine_verdict"] == {"engine": "llama.cpp", "torch_from_tokens": None,
+                                        "recorded": False}
     assert load_engine_verdict(model) is None  # nothing measured against: auto stays llama.cpp
 
 

@@ -13,10 +13,10 @@ import click
 from reranker.cpu_canary import (FAMILIES, CanaryRun, Runner, compare_with_reference,
                                  first_failure, run_canary, run_families, write_canary_models)
 from reranker.cpu_path import (CpuPath, CpuPathError, extra_path_name, machine_key,
-                               resolve_cpu_path, save_verdict, verdicts_file)
+                               resolve_cpu_path, save_verdict, verdicts_location)
 from reranker.cpu_support import CpuInfo, LlamaBuild, read_cpu_info, read_llama_build
 from reranker.engine_choice import (ROUTED, TIMED_REQUESTS, TORCH_EXTRA_HINT, TORCH_MARGIN,
-                                    save_engine_verdict, torch_problem)
+                                    auto_engine, save_engine_verdict, torch_problem)
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import resolve_model
@@ -82,7 +82,7 @@ def diagnose(folder: Path, *, cpu: CpuInfo | None = None, build: LlamaBuild | No
                 save_verdict(machine_key(cpu, build), extra, failure is None,
                              failure or "every weight family decoded and matched plain")
             except OSError as error:  # the report is still worth printing
-                record_error = f"could not record the outcome in {verdicts_file()}: {error}"
+                record_error = f"could not record the outcome in {verdicts_location()}: {error}"
     working = [path for path, runs in checks.items() if first_failure(runs) is None]
     try:
         chosen = resolve_cpu_path()
@@ -150,11 +150,12 @@ def _time_requests(rankers: dict, loads: dict[str, float], model: Path) -> dict[
     return timings
 
 
-def _time_engines(model: Path, threads: int | None) -> tuple[dict[str, dict], str]:
+def _time_engines(model: Path, threads: int | None) -> tuple[dict[str, dict], str, dict]:
     """Time the requests on each engine installed here and record what auto takes.
 
-    Returns the timings by engine and request, and a line saying what was recorded (or
-    why not).
+    Returns the timings by engine and request, a line saying what was recorded (or why
+    not), and the same as fields for --json: the engine auto takes, its threshold, and
+    whether it was recorded.
     """
     click.echo(f"timing {', '.join(TIMED_REQUESTS)} requests on each engine (a few "
                "minutes)...", err=True)
@@ -166,8 +167,14 @@ def _time_engines(model: Path, threads: int | None) -> tuple[dict[str, dict], st
     finally:
         for ranker in rankers.values():
             ranker.close()
+
+    def outcome(line: str, engine: str = "llama.cpp", recorded: bool = True,
+                torch_from_tokens: int | None = None) -> tuple[dict[str, dict], str, dict]:
+        return timings, line, {"engine": engine, "torch_from_tokens": torch_from_tokens,
+                               "recorded": recorded}
+
     if torch_missing and torch_problem() is not None:
-        return timings, f"llama.cpp ({torch_missing})"
+        return outcome(f"llama.cpp ({torch_missing})", recorded=False)
     seconds = {request: {engine: by_request[request]["request_seconds"]
                          for engine, by_request in timings.items()}
                for request in TIMED_REQUESTS}
@@ -175,17 +182,21 @@ def _time_engines(model: Path, threads: int | None) -> tuple[dict[str, dict], st
     try:
         verdict = save_engine_verdict(model, seconds, tokens)  # llama.cpp if torch failed
     except OSError as error:
-        return timings, f"not recorded in {verdicts_file()}: {error}"
+        engine, threshold = auto_engine(seconds, tokens)
+        return outcome(f"not recorded in {verdicts_location()}: {error}", engine, False,
+                       threshold)
     if torch_missing:
-        return timings, f"{verdict.engine} ({torch_missing})"
-    if verdict.engine == "torch":
-        return timings, "torch is faster here on every request; auto takes it for this file"
-    if verdict.engine == ROUTED:
-        return timings, (f"{ROUTED}: auto loads both engines for this file (the memory of "
-                         f"both) and gives prompts of {verdict.torch_from_tokens} tokens or "
-                         "more to torch, shorter ones to llama.cpp")
-    return timings, (f"llama.cpp: torch is not at least {TORCH_MARGIN}x faster on the "
-                     "longest request; auto keeps llama.cpp for this file")
+        line = f"{verdict.engine} ({torch_missing})"
+    elif verdict.engine == "torch":
+        line = "torch is faster here on every request; auto takes it for this file"
+    elif verdict.engine == ROUTED:
+        line = (f"{ROUTED}: auto loads both engines for this file (the memory of both) and "
+                f"gives prompts of {verdict.torch_from_tokens} tokens or more to torch, "
+                "shorter ones to llama.cpp")
+    else:
+        line = (f"llama.cpp: torch is not at least {TORCH_MARGIN}x faster on the longest "
+                "request; auto keeps llama.cpp for this file")
+    return outcome(line, verdict.engine, True, verdict.torch_from_tokens)
 
 
 def _report(diagnosis: Diagnosis) -> list[str]:
@@ -256,20 +267,21 @@ def doctor(model: str | None, threads: int | None, as_json: bool) -> None:
             model_path = resolve_model_file(resolve_model(model))
         with tempfile.TemporaryDirectory(prefix="reranker-doctor-") as folder:
             diagnosis = diagnose(Path(folder))
-    timings, engine_line = {}, None
+    timings, engine_line, engine_verdict = {}, None, None
     if model_path is not None:
         if diagnosis.chosen.name not in diagnosis.working:
             raise click.ClickException(f"not timing {model_path}: the chosen path "
                                        f"{diagnosis.chosen.name} failed a decode check")
         with friendly_errors():
-            timings, engine_line = _time_engines(model_path, threads)
+            timings, engine_line, engine_verdict = _time_engines(model_path, threads)
     if as_json:
         out = diagnosis.to_dict()
-        out["verdicts_file"] = str(verdicts_file())
+        out["verdicts_file"] = verdicts_location()
         if timings:
             out["request"] = timings["llama.cpp"]["typical"]
             out["engines"] = timings
             out["engine"] = engine_line
+            out["engine_verdict"] = engine_verdict
         click.echo(json.dumps(out, indent=2))
     else:
         for line in _report(diagnosis):
@@ -277,7 +289,7 @@ def doctor(model: str | None, threads: int | None, as_json: bool) -> None:
         if diagnosis.record_error:
             click.echo(f"warning: {diagnosis.record_error}", err=True)
         elif diagnosis.build.extra_buffer_types:
-            click.echo(f"{'recorded:':12}{verdicts_file()}")
+            click.echo(f"{'recorded:':12}{verdicts_location()}")
         for by_request in timings.values():
             for timing in by_request.values():
                 runs = f", mean of {timing['runs']}" if timing["runs"] > 1 else ""

@@ -37,11 +37,15 @@ def run_llama_quantizer(source: Path, destination: Path, target: FileType,
     if not sys.executable:
         raise ConversionError("cannot start llama.cpp's quantizer: this Python does not know "
                               "its own interpreter (sys.executable is empty)")
-    command = [sys.executable, "-m", "convert.quantize", os.fsdecode(source),
-               os.fsdecode(destination), str(int(target.ftype)), str(n_threads or 0),
+    # `python -m` puts the working directory first on the path, where a user's own
+    # convert.py would be imported instead: the child runs in this package's folder, and
+    # is given absolute paths.
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "convert.quantize", os.path.abspath(source),
+               os.path.abspath(destination), str(int(target.ftype)), str(n_threads or 0),
                str(logger.getEffectiveLevel())]
     job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           env=_child_environment())
+                           cwd=root, env=_child_environment(root))
     outcome: dict = {}
     try:
         for line in job.stdout:
@@ -79,12 +83,11 @@ def _parse(line: bytes) -> dict | None:
     return message if isinstance(message, dict) else None
 
 
-def _child_environment() -> dict[str, str]:
+def _child_environment(root: Path) -> dict[str, str]:
     """This process's environment, with the folder this package was imported from first
     on the child's path (a checkout run without installing, or a test's copy)."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     return env
 
 

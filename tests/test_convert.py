@@ -238,6 +238,19 @@ def test_the_quantizers_log_lines_reach_the_llama_cpp_logger(converted, tmp_path
     assert any("converting to q8_0" in line for line in lines), lines[-5:]
 
 
+def test_the_quantizer_runs_from_a_folder_with_its_own_convert_py(converted, tmp_path,
+                                                                   monkeypatch):
+    """`python -m convert.quantize` puts the working directory first on its path: a user's
+    convert.py there was imported in place of this package, and relative paths must
+    still name the user's files."""
+    (tmp_path / "convert.py").write_text('raise SystemExit("the user\'s own convert.py")\n')
+    shutil.copy(converted("f16"), tmp_path / "model.gguf")
+    monkeypatch.chdir(tmp_path)
+    quantize_gguf("model.gguf", "model-q4_0.gguf", "q4_0", n_threads=1)
+    assert read_metadata(tmp_path / "model-q4_0.gguf").get(Keys.FILE_TYPE) == \
+        FILE_TYPES["q4_0"].ftype
+
+
 @pytest.mark.slow  # a quantization killed midway
 def test_a_quantizer_that_dies_is_an_error_not_the_end_of_the_process(converted, tmp_path):
     """ggml aborts the whole process on some misuse: the quantizer runs in a child, whose

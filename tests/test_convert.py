@@ -396,6 +396,30 @@ BAD_INPUTS = {
     "heads not a multiple of kv heads": (
         lambda ck, d: _edit_config(ck, d, num_key_value_heads=3),
         r"config.json: num_attention_heads \(\d+\) is not a multiple of num_key_value_heads \(3\)"),
+    "context length beyond uint32": (
+        lambda ck, d: _edit_config(ck, d, max_position_embeddings=2**40),
+        r"config.json: max_position_embeddings is 1099511627776; expected at most 4294967295"),
+    "layers beyond llama.cpp's limit": (
+        lambda ck, d: _edit_config(ck, d, num_hidden_layers=10**8),
+        r"config.json: num_hidden_layers is 100000000; expected at most 512"),
+    "more layers than the weights hold": (
+        lambda ck, d: _edit_config(ck, d, num_hidden_layers=3),
+        "config.json: num_hidden_layers is 3 but the weights hold 2 layers"),
+    "rope base beyond float32": (lambda ck, d: _edit_config(ck, d, rope_theta=1e300),
+                                 r"config.json: rope_theta is 1e\+300; it becomes inf"),
+    "epsilon float32 rounds to 0": (lambda ck, d: _edit_config(ck, d, rms_norm_eps=1e-50),
+                                    "config.json: rms_norm_eps is 1e-50; it becomes 0.0"),
+    "name not a string": (lambda ck, d: _edit_config(ck, d, _name_or_path=5),
+                          "config.json: _name_or_path is 5; expected a string"),
+    "tie_word_embeddings as a string": (
+        lambda ck, d: _edit_config(ck, d, tie_word_embeddings="false"),
+        'config.json: tie_word_embeddings is "false"; expected true or false'),
+    "rope scaling": (
+        lambda ck, d: _edit_config(ck, d, rope_scaling={"rope_type": "yarn", "factor": 4.0}),
+        "config.json: rope_scaling is .*yarn.*; this converter writes no rope scaling"),
+    "sliding window": (lambda ck, d: _edit_config(ck, d, use_sliding_window=True),
+                       "config.json: use_sliding_window is true; this converter writes no "
+                       "sliding window"),
     "architectures as a string": (
         lambda ck, d: _edit_config(ck, d, architectures="NotJinaForRanking"),
         "architectures NotJinaForRanking"),

@@ -438,6 +438,24 @@ BAD_INPUTS = {
         ck, d, dtype={"model.norm.weight": "I16"}), "model.norm.weight has dtype I16"),
     "truncated weights": (lambda ck, d: _rewrite_weights(ck, d, truncate_bytes=1000),
                           "truncated download"),
+    "negative data offset": (
+        lambda ck, d: _edit_header(ck, d, lambda h: h["model.layers.0.input_layernorm.weight"]
+                                   .update(data_offsets=[-512, 0])),
+        r"tensor model.layers.0.input_layernorm.weight has data_offsets \[-512, 0\]; expected "
+        "two non-negative integers"),
+    "data offsets as strings": (
+        lambda ck, d: _edit_header(ck, d, lambda h: h["model.norm.weight"].update(
+            data_offsets=[str(x) for x in h["model.norm.weight"]["data_offsets"]])),
+        r'tensor model.norm.weight has data_offsets \["\d+", "\d+"\]'),
+    "fractional shape": (
+        lambda ck, d: _edit_header(ck, d, lambda h: h["model.norm.weight"].update(shape=[256.9])),
+        r"tensor model.norm.weight has shape \[256.9\]; expected non-negative integers"),
+    "overlapping tensors": (
+        lambda ck, d: _edit_header(ck, d, lambda h: h["model.layers.1.self_attn.q_proj.weight"]
+                                   .update(data_offsets=h["model.layers.0.self_attn.q_proj.weight"]
+                                           ["data_offsets"])),
+        r"tensors model.layers.[01].self_attn.q_proj.weight and "
+        r"model.layers.[01].self_attn.q_proj.weight share bytes"),
     "tokenizer without markers": (lambda ck, d: _edit_tokenizer(ck, d), "lack <|embed_token|>"),
     "added token without content": (
         lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["added_tokens"][0].pop("content")),
@@ -471,6 +489,20 @@ def _edit_config(checkpoint, out, **changes):
 def _remove(checkpoint, out, name):
     _link_copy(checkpoint, out)
     (out / name).unlink()
+    return out
+
+
+def _edit_header(checkpoint, out, edit):
+    """Copy a checkpoint, editing model.safetensors' JSON header and keeping its data."""
+    _link_copy(checkpoint, out)
+    source = out / "model.safetensors"
+    raw = source.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + header_len])
+    edit(header)
+    encoded = json.dumps(header).encode()
+    source.unlink()  # a hard link to the shared fixture: never write through it
+    source.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + header_len:])
     return out
 
 

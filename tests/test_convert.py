@@ -17,11 +17,12 @@ import pytest
 from convert.api import convert_checkpoint, quantize_gguf
 from convert.errors import CheckpointError, ConversionError
 from convert.file_types import FILE_TYPES, USABLE_TYPE_NAMES
+from convert.vocab import read_vocabulary
 from gguf_helpers import gguf_tensors
 from processes import quantizer_pids, run_python
 from reranker import Reranker
 from reranker.gguf_metadata import read_metadata
-from reranker.model_format import Keys
+from reranker.model_format import DOC_MARKER, Keys
 from reranker.safetensors_file import load_float32, read_header
 
 
@@ -463,6 +464,16 @@ BAD_INPUTS = {
     "token id not a number": (
         lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["model"]["vocab"].update({"!": "0"})),
         """tokenizer.json: token '!' has id "0"; expected a non-negative integer"""),
+    "merges as an object": (
+        lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["model"].update(merges={"Ġ t": 1})),
+        'tokenizer.json: model.merges is {"Ġ t": 1}; expected a list of merges'),
+    "merges as a number": (lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["model"].update(merges=5)),
+                           "tokenizer.json: model.merges is 5; expected a list"),
+    "merges of numbers": (
+        lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["model"].update(merges=[1, 2])),
+        r'tokenizer.json: model.merges\[0\] is 1; expected "left right" or \["left", "right"\]'),
+    "projector holding NaN": (lambda ck, d: _set_first_value(ck, d, "projector.0.weight", NAN_BF16),
+                              "tensor projector.0.weight holds NaN or infinite values"),
     "tokenizer not an object": (lambda ck, d: _replace_tokenizer(ck, d, "[]"),
                                 "tokenizer.json: expected a JSON object"),
 }
@@ -506,6 +517,20 @@ def _edit_header(checkpoint, out, edit):
     return out
 
 
+NAN_BF16 = struct.pack("<H", 0x7FC0)
+
+
+def _set_first_value(checkpoint, out, name, value: bytes):
+    _link_copy(checkpoint, out)
+    source = out / "model.safetensors"
+    start = read_header(source)[name].start
+    raw = bytearray(source.read_bytes())
+    raw[start:start + len(value)] = value
+    source.unlink()  # a hard link to the shared fixture: never write through it
+    source.write_bytes(raw)
+    return out
+
+
 def _drop_doc_marker(data):
     data["added_tokens"] = [t for t in data["added_tokens"] if "embed_token" not in t["content"]]
 
@@ -534,6 +559,24 @@ def test_bad_input_is_one_clear_error_and_nothing_written(tiny_checkpoint, tmp_p
     with pytest.raises(CheckpointError, match=message):
         convert_checkpoint(source, out_dir / "model.gguf", "q8_0")
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_file_the_runtime_would_refuse_is_not_written(tiny_checkpoint, tmp_path, monkeypatch):
+    # A gap in the converter's own checks, stood in for by a vocabulary losing its marker
+    # after they ran: the output is checked as rerank and serve check it.
+    import convert.api
+
+    def read_without_marker(path, vocab_size):
+        vocab = read_vocabulary(path, vocab_size)
+        vocab.tokens[vocab.tokens.index(DOC_MARKER)] = "<|not_the_marker|>"
+        return vocab
+
+    monkeypatch.setattr(convert.api, "read_vocabulary", read_without_marker)
+    out = tmp_path / "model.gguf"
+    with pytest.raises(ConversionError, match=rf"{out} was not written: the runtime would refuse "
+                                              rf"it \({out}: the vocabulary has no"):
+        convert_checkpoint(tiny_checkpoint, out, "f16")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture

@@ -56,8 +56,8 @@ def convert_checkpoint(source: str | Path, outfile: str | Path, type_name: str =
     stage = on_stage or (lambda _text: None)
 
     resolved = resolve_checkpoint(source, revision)
-    check_not_an_input(outfile, resolved.directory.iterdir())  # its weights, say
     ckpt = load_checkpoint(resolved.directory)
+    check_not_an_input(outfile, ckpt.source_files)
     vocab = read_vocabulary(ckpt.tokenizer_json, ckpt.shape.vocab_size)
     stage("hashing the source weights")
     info = SourceInfo(resolved.name, resolved.revision, ckpt.weights_sha256())

@@ -20,6 +20,7 @@ ARCHITECTURE_NAME = "JinaForRanking"
 REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads",
                    "num_key_value_heads", "intermediate_size", "rms_norm_eps",
                    "rope_theta", "vocab_size")
+_INDEX_NAME = "model.safetensors.index.json"
 _UINT32_MAX = 2**32 - 1  # GGUF stores every count and size as a uint32
 _LAYER_PREFIX = re.compile(r"model\.layers\.(\d+)\.")
 
@@ -141,6 +142,14 @@ class Checkpoint:
         return tuple(self.tensors[name].shape for name in PROJECTOR_TENSORS)
 
     @property
+    def source_files(self) -> tuple[Path, ...]:
+        """Every file the conversion reads, shards in subfolders included: none may be its
+        output."""
+        index = self.directory / _INDEX_NAME
+        return (self.directory / "config.json", self.tokenizer_json, *self.weight_files,
+                *([index] if index.is_file() else []))
+
+    @property
     def source_dtype(self) -> str:
         """The widest dtype among the weights: what a lossless intermediate needs."""
         dtypes = {entry.dtype for entry in self.tensors.values()}
@@ -172,7 +181,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _weight_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
+    index = directory / _INDEX_NAME
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map \

@@ -361,6 +361,22 @@ def test_force_never_overwrites_the_checkpoint_being_read(tiny_checkpoint, tmp_p
         convert_checkpoint(checkpoint, tmp_path / "link.gguf", "f16", force=True)
 
 
+@pytest.mark.parametrize("name", ["sub/model.safetensors", "model.safetensors.index.json"])
+def test_force_never_overwrites_a_shard_in_a_subfolder_or_the_index(tiny_checkpoint, tmp_path,
+                                                                    name):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    (checkpoint / "sub").mkdir()
+    (checkpoint / "model.safetensors").rename(checkpoint / "sub/model.safetensors")
+    tensors = read_header(checkpoint / "sub/model.safetensors")
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": dict.fromkeys(tensors, "sub/model.safetensors")}))
+    before = (checkpoint / name).read_bytes()
+    with pytest.raises(ConversionError, match=f"is the input .*{name}; writing it would destroy"):
+        convert_checkpoint(checkpoint, checkpoint / name, "f16", force=True)
+    assert (checkpoint / name).read_bytes() == before
+
+
 @pytest.mark.parametrize("type_name", ["q8_0", "q4_k_m"])
 def test_an_interrupted_run_leaves_nothing(tiny_checkpoint, tmp_path, type_name):
     def interrupt(done, total, name):

@@ -26,7 +26,7 @@ _LAYER_PREFIX = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def _positive_int(config: dict, key: str, path: Path, default: int | None = None, *,
-                  maximum: int = _UINT32_MAX, limit: str = "what GGUF stores") -> int:
+                  maximum: int = _UINT32_MAX, limit: str = "GGUF stores it as a uint32") -> int:
     # Counts and sizes: 0 divides by zero, a negative or fractional one makes nonsense
     # shapes, and a string or null would fail far from the file that holds it.
     value = config.get(key, default)
@@ -50,9 +50,9 @@ def _positive_number(config: dict, key: str, path: Path) -> float:
     with np.errstate(over="ignore", under="ignore"):
         stored = float(np.float32(value))
     if not math.isfinite(stored) or stored <= 0:
-        raise CheckpointError(f"{path}: {key} is {json.dumps(value)}; it becomes {stored} in "
-                              "the float32 GGUF stores; give a positive number within float32's "
-                              "range (about 1.4e-45 to 3.4e38)")
+        raise CheckpointError(f"{path}: {key} is {json.dumps(value)}; GGUF stores it as a "
+                              f"float32, where it becomes {stored}; give a positive number "
+                              "within float32's range (about 1.4e-45 to 3.4e38)")
     return float(value)
 
 

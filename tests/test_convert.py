@@ -423,9 +423,11 @@ BAD_INPUTS = {
         lambda ck, d: _edit_config(ck, d, num_hidden_layers=3),
         "config.json: num_hidden_layers is 3 but the weights hold 2 layers"),
     "rope base beyond float32": (lambda ck, d: _edit_config(ck, d, rope_theta=1e300),
-                                 r"config.json: rope_theta is 1e\+300; it becomes inf"),
+                                 r"config.json: rope_theta is 1e\+300; GGUF stores it as a "
+                                 "float32, where it becomes inf"),
     "epsilon float32 rounds to 0": (lambda ck, d: _edit_config(ck, d, rms_norm_eps=1e-50),
-                                    "config.json: rms_norm_eps is 1e-50; it becomes 0.0"),
+                                    "config.json: rms_norm_eps is 1e-50; GGUF stores it as a "
+                                    "float32, where it becomes 0.0"),
     "name not a string": (lambda ck, d: _edit_config(ck, d, _name_or_path=5),
                           "config.json: _name_or_path is 5; expected a string"),
     "tie_word_embeddings as a string": (

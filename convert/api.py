@@ -17,7 +17,7 @@ from convert.quantize import run_llama_quantizer
 from convert.vocab import read_vocabulary
 from reranker.errors import ModelFileError
 from reranker.gguf_metadata import read_metadata
-from reranker.model_check import check_reranker_metadata
+from reranker.model_check import check_reranker_metadata, open_reranker_file
 from reranker.model_format import FLOAT_FILE_TYPES, Keys
 from reranker.model_info import file_type_name
 from reranker.projector import carries_projector
@@ -56,8 +56,8 @@ def convert_checkpoint(source: str | Path, outfile: str | Path, type_name: str =
     stage = on_stage or (lambda _text: None)
 
     resolved = resolve_checkpoint(source, revision)
-    check_not_an_input(outfile, resolved.directory.iterdir())  # its weights, say
     ckpt = load_checkpoint(resolved.directory)
+    check_not_an_input(outfile, ckpt.source_files)
     vocab = read_vocabulary(ckpt.tokenizer_json, ckpt.shape.vocab_size)
     stage("hashing the source weights")
     info = SourceInfo(resolved.name, resolved.revision, ckpt.weights_sha256())
@@ -73,8 +73,20 @@ def convert_checkpoint(source: str | Path, outfile: str | Path, type_name: str =
                 count = write_gguf(ckpt, vocab, middle, intermediate, info, progress)
                 stage(f"quantizing to {target.name} with llama.cpp")
                 run_llama_quantizer(intermediate, tmp, target, n_threads)
+        _check_the_runtime_opens(tmp, outfile)
     return ConversionSummary(outfile, target.name, outfile.stat().st_size, count,
                              time.monotonic() - started, resolved.name)
+
+
+def _check_the_runtime_opens(written: Path, outfile: Path) -> None:
+    """Refuse, before it is renamed into place, a file that rerank and serve would refuse:
+    an input the converter's own checks missed must not become a model that fails later."""
+    try:
+        open_reranker_file(written)
+    except ModelFileError as e:
+        problem = str(e).replace(str(written), str(outfile))  # not the hidden temporary name
+        raise ConversionError(f"{outfile} was not written: the runtime would refuse it "
+                              f"({problem})") from e
 
 
 def quantize_gguf(infile: str | Path, outfile: str | Path, type_name: str, *,

@@ -4,11 +4,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from convert.errors import CheckpointError
 from reranker.errors import ModelFileError
+from reranker.gguf_metadata import _MAX_LAYERS
 from reranker.safetensors_file import TensorEntry, read_header
 from reranker.model_format import PROJECTOR_TENSORS
 
@@ -16,15 +20,22 @@ ARCHITECTURE_NAME = "JinaForRanking"
 REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads",
                    "num_key_value_heads", "intermediate_size", "rms_norm_eps",
                    "rope_theta", "vocab_size")
+_INDEX_NAME = "model.safetensors.index.json"
+_UINT32_MAX = 2**32 - 1  # GGUF stores every count and size as a uint32
+_LAYER_PREFIX = re.compile(r"model\.layers\.(\d+)\.")
 
 
-def _positive_int(config: dict, key: str, path: Path, default: int | None = None) -> int:
+def _positive_int(config: dict, key: str, path: Path, default: int | None = None, *,
+                  maximum: int = _UINT32_MAX, limit: str = "GGUF stores it as a uint32") -> int:
     # Counts and sizes: 0 divides by zero, a negative or fractional one makes nonsense
     # shapes, and a string or null would fail far from the file that holds it.
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise CheckpointError(f"{path}: {key} is {json.dumps(value)}; expected a positive "
                               "integer")
+    if value > maximum:
+        raise CheckpointError(f"{path}: {key} is {value}; expected at most {maximum} "
+                              f"({limit})")
     return value
 
 
@@ -34,6 +45,14 @@ def _positive_number(config: dict, key: str, path: Path) -> float:
             or not math.isfinite(value) or value <= 0:
         raise CheckpointError(f"{path}: {key} is {json.dumps(value)}; expected a positive "
                               "number")
+    # GGUF stores it as a float32, where 1e-50 becomes 0 and 1e300 infinity: llama.cpp
+    # and the runtime refuse both, so the file written would be unusable.
+    with np.errstate(over="ignore", under="ignore"):
+        stored = float(np.float32(value))
+    if not math.isfinite(stored) or stored <= 0:
+        raise CheckpointError(f"{path}: {key} is {json.dumps(value)}; GGUF stores it as a "
+                              f"float32, where it becomes {stored}; give a positive number "
+                              "within float32's range (about 1.4e-45 to 3.4e38)")
     return float(value)
 
 
@@ -70,7 +89,8 @@ class ModelShape:
             head_dim = hidden // heads
         return cls(
             hidden_size=hidden,
-            layers=_positive_int(config, "num_hidden_layers", path),
+            layers=_positive_int(config, "num_hidden_layers", path, maximum=_MAX_LAYERS,
+                                 limit="llama.cpp's limit"),
             heads=heads,
             kv_heads=kv_heads,
             head_dim=head_dim,
@@ -122,6 +142,14 @@ class Checkpoint:
         return tuple(self.tensors[name].shape for name in PROJECTOR_TENSORS)
 
     @property
+    def source_files(self) -> tuple[Path, ...]:
+        """Every file the conversion reads, shards in subfolders included: none may be its
+        output."""
+        index = self.directory / _INDEX_NAME
+        return (self.directory / "config.json", self.tokenizer_json, *self.weight_files,
+                *([index] if index.is_file() else []))
+
+    @property
     def source_dtype(self) -> str:
         """The widest dtype among the weights: what a lossless intermediate needs."""
         dtypes = {entry.dtype for entry in self.tensors.values()}
@@ -153,7 +181,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _weight_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
+    index = directory / _INDEX_NAME
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map \
@@ -170,6 +198,29 @@ def _weight_files(directory: Path) -> list[Path]:
     raise CheckpointError(
         f"{directory}: no model.safetensors or model.safetensors.index.json; "
         "expected a jina-reranker-v3 checkpoint directory")
+
+
+def _check_settings_written(config: dict, path: Path) -> None:
+    """Refuse settings the GGUF cannot carry: dropping them would change the model silently."""
+    tied = config.get("tie_word_embeddings", False)
+    if not isinstance(tied, bool):  # the string "false" is truthy
+        raise CheckpointError(f"{path}: tie_word_embeddings is {json.dumps(tied)}; expected "
+                              "true or false (a JSON boolean)")
+    if not tied:
+        raise CheckpointError(f"{path}: tie_word_embeddings is false; jina-reranker-v3 ties them")
+    # The GGUF holds only qwen3.rope.freq_base, and llama.cpp's qwen3 attends over the
+    # whole context: a model trained otherwise would see different positions or context.
+    if config.get("rope_scaling") is not None:
+        raise CheckpointError(
+            f"{path}: rope_scaling is {json.dumps(config['rope_scaling'])}; this converter "
+            "writes no rope scaling (jina-reranker-v3 has rope_scaling null)")
+    if config.get("use_sliding_window") not in (None, False):
+        raise CheckpointError(
+            f"{path}: use_sliding_window is {json.dumps(config['use_sliding_window'])}; this "
+            "converter writes no sliding window (jina-reranker-v3 has use_sliding_window false)")
+    name = config.get("_name_or_path")
+    if name is not None and not isinstance(name, str):  # the GGUF's general.name
+        raise CheckpointError(f"{path}: _name_or_path is {json.dumps(name)}; expected a string")
 
 
 def load_checkpoint(directory: Path) -> Checkpoint:
@@ -191,8 +242,7 @@ def load_checkpoint(directory: Path) -> Checkpoint:
             f"{config.get('model_type')!r}; expected ['{ARCHITECTURE_NAME}'] / 'qwen3' "
             "(jina-reranker-v3)")
     shape = ModelShape.from_config(config, config_path)
-    if not config.get("tie_word_embeddings", False):
-        raise CheckpointError(f"{config_path}: tie_word_embeddings is false; jina-reranker-v3 ties them")
+    _check_settings_written(config, config_path)
 
     files = _weight_files(directory)
     tensors: dict[str, TensorEntry] = {}
@@ -205,6 +255,14 @@ def load_checkpoint(directory: Path) -> Checkpoint:
             if name in tensors:
                 raise CheckpointError(f"tensor {name} appears in both {tensors[name].file} and {path}")
             tensors[name] = entry
+
+    # Before expected_tensors builds 11 names a layer: a config meant for another model
+    # is named as such, not as a missing tensor of its first absent layer.
+    layers_held = {int(match[1]) for name in tensors if (match := _LAYER_PREFIX.match(name))}
+    if shape.layers > len(layers_held):
+        raise CheckpointError(
+            f"{config_path}: num_hidden_layers is {shape.layers} but the weights hold "
+            f"{len(layers_held)} layers; the config does not belong to these weights")
 
     projector = {}
     for name in PROJECTOR_TENSORS:

@@ -10,6 +10,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 
 from reranker import __version__
 from convert.checkpoint import Checkpoint
+from convert.errors import CheckpointError
 from convert.file_types import FileType
 from reranker.safetensors_file import load_float32
 from convert.vocab import Vocabulary
@@ -83,6 +84,9 @@ def _add_metadata(writer: GGUFWriter, ckpt: Checkpoint, vocab: Vocabulary, targe
     for name, weight_key, shape_key in zip(PROJECTOR_TENSORS, Keys.PROJECTOR_WEIGHTS,
                                            Keys.PROJECTOR_SHAPES):
         weight = load_float32(ckpt.tensors[name])
+        if not np.isfinite(weight).all():  # the runtime refuses it: every score would be NaN
+            raise CheckpointError(f"{ckpt.tensors[name].file}: tensor {name} holds NaN or "
+                                  "infinite values; the checkpoint is damaged, download it again")
         writer.add_array(shape_key, [int(d) for d in weight.shape])
         writer.add_array(weight_key, weight.reshape(-1).tolist())
     writer.add_string(Keys.SOURCE, source.name)

@@ -47,6 +47,29 @@ def _token_id(value, path: Path, what: str) -> int:
     return value
 
 
+def _excerpt(value, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _merges(value, path: Path) -> list[str]:
+    # Newer tokenizers store pairs, older ones "left right" strings. Anything else was
+    # written as it came (a dict as its keys, numbers that llama.cpp cannot load).
+    if not isinstance(value, list):
+        raise CheckpointError(f"{path}: model.merges is {_excerpt(value)}; expected a list of "
+                              'merges, each "left right" or ["left", "right"]')
+    merges = []
+    for i, merge in enumerate(value):
+        if isinstance(merge, list) and len(merge) == 2 and all(isinstance(m, str) for m in merge):
+            merges.append(" ".join(merge))
+        elif isinstance(merge, str):
+            merges.append(merge)
+        else:
+            raise CheckpointError(f"{path}: model.merges[{i}] is {_excerpt(merge)}; expected "
+                                  '"left right" or ["left", "right"]')
+    return merges
+
+
 def read_vocabulary(path: Path, vocab_size: int) -> Vocabulary:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -94,10 +117,7 @@ def read_vocabulary(path: Path, vocab_size: int) -> Vocabulary:
         tokens.append(text)
         types.append(int(kind))
 
-    merges = []
-    for merge in model.get("merges", []):
-        # Newer tokenizers store pairs, older ones "left right" strings.
-        merges.append(" ".join(merge) if isinstance(merge, list) else merge)
+    merges = _merges(model.get("merges", []), path)
 
     special_ids = {}
     for role, text in (("eos", "<|im_end|>"), ("pad", "<|endoftext|>"), ("bos", "<|endoftext|>")):

@@ -56,10 +56,18 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
             continue
         try:
             dtype = info.get("dtype")
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
+            shape = tuple(info["shape"])
+            begin, end = info["data_offsets"]
         except (AttributeError, KeyError, TypeError, ValueError):
             raise ModelFileError(f"{path}: header entry for {name} is malformed") from None
+        # int() would read "123" and 256.9 as sizes; a negative begin points into the header.
+        if not all(_is_count(d) for d in shape):
+            raise ModelFileError(f"{path}: tensor {name} has shape {json.dumps(shape)}; "
+                                 "expected non-negative integers (the file is damaged)")
+        if not (_is_count(begin) and _is_count(end)) or end < begin:
+            raise ModelFileError(f"{path}: tensor {name} has data_offsets "
+                                 f"{json.dumps(info['data_offsets'])}; expected two "
+                                 "non-negative integers, begin <= end (the file is damaged)")
         if dtype not in _ITEMSIZE:
             raise ModelFileError(
                 f"{path}: tensor {name} has dtype {dtype}; expected one of "
@@ -74,7 +82,22 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
                 f"{path}: tensor {name} ends at byte {data_start + end} but the file has "
                 f"{size} bytes (truncated download?)")
         entries[name] = TensorEntry(name, dtype, shape, path, data_start + begin, expected)
+    _check_no_overlap(path, entries)
     return entries
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_no_overlap(path: Path, entries: dict[str, TensorEntry]) -> None:
+    # Two tensors sharing bytes would each be read as valid weights of the other.
+    previous = None
+    for entry in sorted(entries.values(), key=lambda e: (e.start, e.nbytes)):
+        if previous is not None and entry.start < previous.start + previous.nbytes:
+            raise ModelFileError(f"{path}: tensors {previous.name} and {entry.name} share bytes "
+                                 "(their data_offsets overlap; the file is damaged)")
+        previous = entry
 
 
 def load_float32(entry: TensorEntry) -> np.ndarray:

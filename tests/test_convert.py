@@ -18,11 +18,12 @@ from convert.api import convert_checkpoint, quantize_gguf
 from convert.errors import CheckpointError, ConversionError
 from convert.file_types import FILE_TYPES, USABLE_TYPE_NAMES
 from convert.output import atomic_output, check_output_path
+from convert.vocab import read_vocabulary
 from gguf_helpers import gguf_tensors
 from processes import quantizer_pids, run_python
 from reranker import Reranker
 from reranker.gguf_metadata import read_metadata
-from reranker.model_format import Keys
+from reranker.model_format import DOC_MARKER, Keys
 from reranker.safetensors_file import load_float32, read_header
 
 
@@ -396,6 +397,22 @@ def test_force_never_overwrites_the_checkpoint_being_read(tiny_checkpoint, tmp_p
         convert_checkpoint(checkpoint, tmp_path / "link.gguf", "f16", force=True)
 
 
+@pytest.mark.parametrize("name", ["sub/model.safetensors", "model.safetensors.index.json"])
+def test_force_never_overwrites_a_shard_in_a_subfolder_or_the_index(tiny_checkpoint, tmp_path,
+                                                                    name):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    (checkpoint / "sub").mkdir()
+    (checkpoint / "model.safetensors").rename(checkpoint / "sub/model.safetensors")
+    tensors = read_header(checkpoint / "sub/model.safetensors")
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": dict.fromkeys(tensors, "sub/model.safetensors")}))
+    before = (checkpoint / name).read_bytes()
+    with pytest.raises(ConversionError, match=f"is the input .*{name}; writing it would destroy"):
+        convert_checkpoint(checkpoint, checkpoint / name, "f16", force=True)
+    assert (checkpoint / name).read_bytes() == before
+
+
 @pytest.mark.parametrize("type_name", ["q8_0", "q4_k_m"])
 def test_an_interrupted_run_leaves_nothing(tiny_checkpoint, tmp_path, type_name):
     def interrupt(done, total, name):
@@ -432,6 +449,32 @@ BAD_INPUTS = {
     "heads not a multiple of kv heads": (
         lambda ck, d: _edit_config(ck, d, num_key_value_heads=3),
         r"config.json: num_attention_heads \(\d+\) is not a multiple of num_key_value_heads \(3\)"),
+    "context length beyond uint32": (
+        lambda ck, d: _edit_config(ck, d, max_position_embeddings=2**40),
+        r"config.json: max_position_embeddings is 1099511627776; expected at most 4294967295"),
+    "layers beyond llama.cpp's limit": (
+        lambda ck, d: _edit_config(ck, d, num_hidden_layers=10**8),
+        r"config.json: num_hidden_layers is 100000000; expected at most 512"),
+    "more layers than the weights hold": (
+        lambda ck, d: _edit_config(ck, d, num_hidden_layers=3),
+        "config.json: num_hidden_layers is 3 but the weights hold 2 layers"),
+    "rope base beyond float32": (lambda ck, d: _edit_config(ck, d, rope_theta=1e300),
+                                 r"config.json: rope_theta is 1e\+300; GGUF stores it as a "
+                                 "float32, where it becomes inf"),
+    "epsilon float32 rounds to 0": (lambda ck, d: _edit_config(ck, d, rms_norm_eps=1e-50),
+                                    "config.json: rms_norm_eps is 1e-50; GGUF stores it as a "
+                                    "float32, where it becomes 0.0"),
+    "name not a string": (lambda ck, d: _edit_config(ck, d, _name_or_path=5),
+                          "config.json: _name_or_path is 5; expected a string"),
+    "tie_word_embeddings as a string": (
+        lambda ck, d: _edit_config(ck, d, tie_word_embeddings="false"),
+        'config.json: tie_word_embeddings is "false"; expected true or false'),
+    "rope scaling": (
+        lambda ck, d: _edit_config(ck, d, rope_scaling={"rope_type": "yarn", "factor": 4.0}),
+        "config.json: rope_scaling is .*yarn.*; this converter writes no rope scaling"),
+    "sliding window": (lambda ck, d: _edit_config(ck, d, use_sliding_window=True),
+                       "config.json: use_sliding_window is true; this converter writes no "
+                       "sliding window"),
     "architectures as a string": (
         lambda ck, d: _edit_config(ck, d, architectures="NotJinaForRanking"),
         "architectures NotJinaForRanking"),
@@ -450,6 +493,24 @@ BAD_INPUTS = {
         ck, d, dtype={"model.norm.weight": "I16"}), "model.norm.weight has dtype I16"),
     "truncated weights": (lambda ck, d: _rewrite_weights(ck, d, truncate_bytes=1000),
                           "truncated download"),
+    "negative data offset": (
+        lambda ck, d: _edit_header(ck, d, lambda h: h["model.layers.0.input_layernorm.weight"]
+                                   .update(data_offsets=[-512, 0])),
+        r"tensor model.layers.0.input_layernorm.weight has data_offsets \[-512, 0\]; expected "
+        "two non-negative integers"),
+    "data offsets as strings": (
+        lambda ck, d: _edit_header(ck, d, lambda h: h["model.norm.weight"].update(
+            data_offsets=[str(x) for x in h["model.norm.weight"]["data_offsets"]])),
+        r'tensor model.norm.weight has data_offsets \["\d+", "\d+"\]'),
+    "fractional shape": (
+        lambda ck, d: _edit_header(ck, d, lambda h: h["model.norm.weight"].update(shape=[256.9])),
+        r"tensor model.norm.weight has shape \[256.9\]; expected non-negative integers"),
+    "overlapping tensors": (
+        lambda ck, d: _edit_header(ck, d, lambda h: h["model.layers.1.self_attn.q_proj.weight"]
+                                   .update(data_offsets=h["model.layers.0.self_attn.q_proj.weight"]
+                                           ["data_offsets"])),
+        r"tensors model.layers.[01].self_attn.q_proj.weight and "
+        r"model.layers.[01].self_attn.q_proj.weight share bytes"),
     "tokenizer without markers": (lambda ck, d: _edit_tokenizer(ck, d), "lack <|embed_token|>"),
     "added token without content": (
         lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["added_tokens"][0].pop("content")),
@@ -457,6 +518,16 @@ BAD_INPUTS = {
     "token id not a number": (
         lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["model"]["vocab"].update({"!": "0"})),
         """tokenizer.json: token '!' has id "0"; expected a non-negative integer"""),
+    "merges as an object": (
+        lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["model"].update(merges={"Ġ t": 1})),
+        'tokenizer.json: model.merges is {"Ġ t": 1}; expected a list of merges'),
+    "merges as a number": (lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["model"].update(merges=5)),
+                           "tokenizer.json: model.merges is 5; expected a list"),
+    "merges of numbers": (
+        lambda ck, d: _edit_tokenizer(ck, d, lambda t: t["model"].update(merges=[1, 2])),
+        r'tokenizer.json: model.merges\[0\] is 1; expected "left right" or \["left", "right"\]'),
+    "projector holding NaN": (lambda ck, d: _set_first_value(ck, d, "projector.0.weight", NAN_BF16),
+                              "tensor projector.0.weight holds NaN or infinite values"),
     "tokenizer not an object": (lambda ck, d: _replace_tokenizer(ck, d, "[]"),
                                 "tokenizer.json: expected a JSON object"),
 }
@@ -483,6 +554,34 @@ def _edit_config(checkpoint, out, **changes):
 def _remove(checkpoint, out, name):
     _link_copy(checkpoint, out)
     (out / name).unlink()
+    return out
+
+
+def _edit_header(checkpoint, out, edit):
+    """Copy a checkpoint, editing model.safetensors' JSON header and keeping its data."""
+    _link_copy(checkpoint, out)
+    source = out / "model.safetensors"
+    raw = source.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + header_len])
+    edit(header)
+    encoded = json.dumps(header).encode()
+    source.unlink()  # a hard link to the shared fixture: never write through it
+    source.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + header_len:])
+    return out
+
+
+NAN_BF16 = struct.pack("<H", 0x7FC0)
+
+
+def _set_first_value(checkpoint, out, name, value: bytes):
+    _link_copy(checkpoint, out)
+    source = out / "model.safetensors"
+    start = read_header(source)[name].start
+    raw = bytearray(source.read_bytes())
+    raw[start:start + len(value)] = value
+    source.unlink()  # a hard link to the shared fixture: never write through it
+    source.write_bytes(raw)
     return out
 
 
@@ -514,6 +613,24 @@ def test_bad_input_is_one_clear_error_and_nothing_written(tiny_checkpoint, tmp_p
     with pytest.raises(CheckpointError, match=message):
         convert_checkpoint(source, out_dir / "model.gguf", "q8_0")
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_file_the_runtime_would_refuse_is_not_written(tiny_checkpoint, tmp_path, monkeypatch):
+    # A gap in the converter's own checks, stood in for by a vocabulary losing its marker
+    # after they ran: the output is checked as rerank and serve check it.
+    import convert.api
+
+    def read_without_marker(path, vocab_size):
+        vocab = read_vocabulary(path, vocab_size)
+        vocab.tokens[vocab.tokens.index(DOC_MARKER)] = "<|not_the_marker|>"
+        return vocab
+
+    monkeypatch.setattr(convert.api, "read_vocabulary", read_without_marker)
+    out = tmp_path / "model.gguf"
+    with pytest.raises(ConversionError, match=rf"{out} was not written: the runtime would refuse "
+                                              rf"it \({out}: the vocabulary has no"):
+        convert_checkpoint(tiny_checkpoint, out, "f16")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture

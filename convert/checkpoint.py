@@ -12,7 +12,7 @@ import numpy as np
 
 from convert.errors import CheckpointError
 from reranker.errors import ModelFileError
-from reranker.gguf_metadata import _MAX_LAYERS
+from reranker.gguf_metadata import MAX_LAYERS
 from reranker.safetensors_file import TensorEntry, read_header
 from reranker.model_format import PROJECTOR_TENSORS
 
@@ -89,7 +89,7 @@ class ModelShape:
             head_dim = hidden // heads
         return cls(
             hidden_size=hidden,
-            layers=_positive_int(config, "num_hidden_layers", path, maximum=_MAX_LAYERS,
+            layers=_positive_int(config, "num_hidden_layers", path, maximum=MAX_LAYERS,
                                  limit="llama.cpp's limit"),
             heads=heads,
             kv_heads=kv_heads,

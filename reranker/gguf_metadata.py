@@ -30,7 +30,7 @@ _SCALAR = {GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.
            GGUFValueType.FLOAT32: "<f4", GGUFValueType.BOOL: "<u1", GGUFValueType.UINT64: "<u8",
            GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT64: "<f8"}
 # llama.cpp aborts the whole process (GGML_ASSERT) on a block count outside 1..512.
-_MAX_LAYERS = 512
+MAX_LAYERS = 512
 
 
 @dataclass(frozen=True)
@@ -266,8 +266,8 @@ def _check_sizes(meta: GGUFMetadata) -> None:
         if value is None:
             continue  # not every GGUF is a language model; llama.cpp refuses a missing key
         if isinstance(value, bool) or not isinstance(value, int) or value < 1 \
-                or (name == "block_count" and value > _MAX_LAYERS):
-            wanted = (f"from 1 to {_MAX_LAYERS}, llama.cpp's limit" if name == "block_count"
+                or (name == "block_count" and value > MAX_LAYERS):
+            wanted = (f"from 1 to {MAX_LAYERS}, llama.cpp's limit" if name == "block_count"
                       else "a positive integer")
             raise ModelFileError(f"{meta.path}: {key} is {value!r}; it must be {wanted} (the "
                                  "file is damaged or was written wrongly)")

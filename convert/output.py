@@ -26,7 +26,12 @@ _TEMPORARY_NAME_EXTRA = 1 + 8 + 9 + 5 + len(_SUFFIX)
 
 def check_output_path(path: Path, force: bool) -> None:
     if path.is_dir():
-        raise ConversionError(f"output {path} is a directory; give a file name ending in .gguf")
+        raise ConversionError(f"output {path} is a directory; give a file name")
+    if path.is_symlink() and not path.exists() and not force:
+        # exists() follows the link, the final rename does not: refused now, not after
+        # the work as "written by another run meanwhile".
+        raise ConversionError(f"output {path} is a symbolic link to a missing file; pass "
+                              "--force to replace the link")
     if path.exists() and not force:
         raise ConversionError(f"output {path} already exists; pass --force to overwrite it")
     if not path.parent.is_dir():

@@ -108,21 +108,20 @@ def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
                                   "name; rename it")
     created = not target_dir.exists()
     target_dir.mkdir(parents=True, exist_ok=True)
-    copied, new = [], []
+    copied = [target_dir / inside.name, target_dir / PROJECTOR_SIDECAR]
     try:
-        for name, cached in zip((inside.name, PROJECTOR_SIDECAR), sources):
-            destination = target_dir / name
-            if not destination.exists():
-                new.append(destination)
-            with atomic_output(destination, force) as tmp:
+        # Both copied beside their places first, then both renamed: a failure or Ctrl-C
+        # midway (with --force too) keeps the pair that was there, never half of each.
+        with atomic_output(copied[0], force) as model_tmp, \
+                atomic_output(copied[1], force) as projector_tmp:
+            for cached, tmp in zip(sources, (model_tmp, projector_tmp)):
                 # A real copy, not the cache's symlink: the folder must travel on its own.
                 shutil.copyfile(cached, tmp)
-            copied.append(destination)
         record_checksums(models_dir, copied)
     except BaseException:
-        for path in new:  # a model without its projector (or checksum) is no use
-            path.unlink(missing_ok=True)
-        if created:
+        if created:  # nothing of it was there before
+            for path in copied:
+                path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 target_dir.rmdir()
         raise

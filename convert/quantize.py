@@ -11,14 +11,16 @@ re-run the caller's `__main__`, which breaks scripts without a `__main__` guard.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from convert.errors import ConversionError
@@ -43,9 +45,11 @@ def run_llama_quantizer(source: Path, destination: Path, target: FileType,
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "-m", "convert.quantize", os.path.abspath(source),
                os.path.abspath(destination), str(int(target.ftype)), str(n_threads or 0),
-               str(logger.getEffectiveLevel())]
+               str(logger.getEffectiveLevel()), str(os.getpid())]
+    # A session of its own: the terminal's Ctrl-C reaches this process only, which then
+    # kills the child (reaching the child too, it printed a traceback while starting up).
     job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           cwd=root, env=_child_environment(root))
+                           cwd=root, env=_child_environment(root), start_new_session=True)
     outcome: dict = {}
     try:
         for line in job.stdout:
@@ -59,11 +63,10 @@ def run_llama_quantizer(source: Path, destination: Path, target: FileType,
                 outcome = message
         job.wait()
     except BaseException:
-        job.kill()
-        job.wait()
+        _kill(job)
         raise
     finally:
-        job.stdout.close()
+        job.stdout.close()  # if a second interrupt skipped the kill, the child sees this
     if not outcome:
         how = (f"signal {-job.returncode}" if job.returncode < 0
                else f"exit code {job.returncode}")
@@ -71,8 +74,29 @@ def run_llama_quantizer(source: Path, destination: Path, target: FileType,
                               f"{target.name} (run with -v to see its log)")
     if outcome["status"] != 0:
         reason = outcome["error"] or f"status {outcome['status']}"
-        raise ConversionError(f"llama.cpp's quantizer failed to make {target.name}: {reason} "
-                              "(run with -v to see its log)")
+        raise ConversionError(f"llama.cpp's quantizer failed to make {target.name}: {reason}"
+                              f"{_free_space_note(destination)} (run with -v to see its log)")
+
+
+def _kill(job: subprocess.Popen) -> None:
+    """Kill and reap the child, through further interrupts (a double Ctrl-C): the caller
+    removes the temporary file next, which a live child would write again."""
+    while job.poll() is None:
+        try:
+            job.kill()
+            job.wait()
+        except KeyboardInterrupt:
+            continue
+
+
+def _free_space_note(destination: Path) -> str:
+    """llama.cpp reports a full disk as "basic_ios::clear: iostream error": say how much
+    room there is, so the cause can be seen."""
+    try:
+        free = shutil.disk_usage(Path(destination).parent).free
+    except OSError:
+        return ""
+    return f" ({free / 1e6:,.0f} MB free in {Path(destination).parent})"
 
 
 def _parse(line: bytes) -> dict | None:
@@ -103,21 +127,27 @@ def _send(message: dict) -> None:
     sys.stdout.flush()
 
 
-def _end_with_parent() -> None:
-    """Exit when the parent is gone (killed outright: it had no chance to kill us), rather
-    than write on into a file nobody will rename."""
-    parent = os.getppid()
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            os._exit(1)
+def _end_without_parent(parent: int, destination: str) -> None:
+    """Once nobody will read the answer, remove the file nobody will rename and exit: the
+    parent died (killed outright, it had no chance to kill us; its pid comes from the
+    parent itself, since it may be gone before this runs) or closed the pipe (a second
+    interrupt that skipped the kill). `destination` is the parent's temporary file."""
+    pipe = select.poll()
+    pipe.register(sys.stdout.fileno(), select.POLLERR | select.POLLHUP)
+    while not pipe.poll(1000) and os.getppid() == parent:
+        pass
+    with contextlib.suppress(OSError):
+        os.unlink(destination)
+    os._exit(1)
 
 
-def _child(source: str, destination: str, ftype: int, n_threads: int, log_level: int) -> None:
-    # The terminal's Ctrl-C reaches the whole process group; the parent decides (it kills
-    # this process), and an interrupt raised in the log callback would only be swallowed.
+def _child(source: str, destination: str, ftype: int, n_threads: int, log_level: int,
+           parent: int) -> None:
+    # The parent decides on interrupts (it kills this process); one raised here in the log
+    # callback would only be swallowed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_end_with_parent, daemon=True).start()
+    threading.Thread(target=_end_without_parent, args=(parent, destination),
+                     daemon=True).start()
     import llama_cpp
 
     from reranker.llama_logging import logger, route_llama_logs, take_last_error
@@ -136,5 +166,5 @@ def _child(source: str, destination: str, ftype: int, n_threads: int, log_level:
 
 
 if __name__ == "__main__":
-    _source, _destination, _ftype, _threads, _level = sys.argv[1:]
-    _child(_source, _destination, int(_ftype), int(_threads), int(_level))
+    _source, _destination, _ftype, _threads, _level, _parent = sys.argv[1:]
+    _child(_source, _destination, int(_ftype), int(_threads), int(_level), int(_parent))

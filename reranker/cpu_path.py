@@ -21,12 +21,14 @@ The paths:
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,8 +197,7 @@ def save_entry(key: str, entry: dict) -> None:
     target = verdicts_file()
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f".{_VERDICTS_FILE}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _writers_lock(folder):
         verdicts = _read_verdicts(target)
         verdicts[key] = entry
         temporary = folder / f".{_VERDICTS_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -208,6 +209,23 @@ def save_entry(key: str, entry: dict) -> None:
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
+
+
+@contextlib.contextmanager
+def _writers_lock(folder: Path) -> Iterator[None]:
+    """Held while the verdicts are read, changed and written. Opened read-only (flock needs
+    no more), so another user's doctor can take the lock file this user made; a lock that
+    cannot be had at all is skipped rather than keeping the verdict from being recorded."""
+    try:
+        handle = os.open(folder / f".{_VERDICTS_FILE}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
 
 
 def load_verdict(key: str) -> Verdict | None:

@@ -26,12 +26,22 @@ _state = {"level": logging.DEBUG, "partial": "", "last_error": ""}
 
 def _forward(level: int, text: bytes, _user_data) -> None:
     if level != 5:
-        _state["level"] = _LEVELS.get(level, logging.DEBUG)
+        new_level = _LEVELS.get(level, logging.DEBUG)
+        if _state["partial"] and new_level != _state["level"]:
+            # An unfinished line of another level (a quantizer's progress line, then its
+            # error) ends here: glued on, it hid the error's start.
+            _emit(_state["partial"])
+            _state["partial"] = ""
+        _state["level"] = new_level
     line = _state["partial"] + text.decode("utf-8", errors="replace")
     if not line.endswith("\n"):  # llama.cpp sometimes emits a line in pieces
         _state["partial"] = line
         return
     _state["partial"] = ""
+    _emit(line)
+
+
+def _emit(line: str) -> None:
     line = line.strip()
     if _state["level"] >= logging.ERROR and line:
         _state["last_error"] = line

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from reranker.errors import ModelFileError
 from reranker.gguf_metadata import GGUFMetadata, read_metadata
-from reranker.model_format import (ARCHITECTURE, DOC_MARKER, QUERY_MARKER, Keys,
-                                   backbone_tensor_names)
+from reranker.model_format import (ARCHITECTURE, DOC_MARKER, OPTIONAL_OUTPUT_TENSOR,
+                                   QUERY_MARKER, Keys, backbone_tensor_names)
 from reranker.projector import Projector, find_projector
 
 
@@ -42,24 +42,26 @@ def check_reranker_metadata(meta: GGUFMetadata) -> None:
 
 def _check_tensor_table(meta: GGUFMetadata) -> None:
     """The tensors llama.cpp will look for, as the metadata describes the model: it refuses
-    a file that lacks one, holds more layers, or has a tensor type it does not know, and
+    a file that lacks one, holds any other, or has a tensor type it does not know, and
     `inspect` must not call such a file loadable (nor `quantize` copy it)."""
     layers = meta.get(f"{ARCHITECTURE}.block_count")
     if layers is None:
         raise ModelFileError(f"{meta.path} has no {ARCHITECTURE}.block_count (the file is "
                              "damaged or was written wrongly)")
     present = {tensor.name for tensor in meta.tensors}
-    missing = [name for name in backbone_tensor_names(layers) if name not in present]
+    expected = backbone_tensor_names(layers)
+    missing = [name for name in expected if name not in present]
     if missing:
         raise ModelFileError(f"{meta.path} lacks {len(missing)} of the tensors of a {layers}-layer "
                              f"model (the first: {missing[0]}); the file is incomplete or "
                              "damaged: convert or download it again")
-    beyond = [name for name in present
-              if (layer := _layer_of(name)) is not None and layer >= layers]
-    if beyond:
-        raise ModelFileError(f"{meta.path} holds {sorted(beyond)[0]}, beyond its "
-                             f"{ARCHITECTURE}.block_count of {layers} layers (the file is "
-                             "damaged or was written wrongly)")
+    extra = sorted(present - set(expected) - {OPTIONAL_OUTPUT_TENSOR})
+    if extra:
+        layer = _layer_of(extra[0])
+        where = (f"beyond its {ARCHITECTURE}.block_count of {layers} layers"
+                 if layer is not None and layer >= layers else "which a qwen3 model has not")
+        raise ModelFileError(f"{meta.path} holds {extra[0]}, {where} (the file is damaged "
+                             "or was written wrongly)")
     for tensor in meta.tensors:
         if tensor.nbytes is None:
             raise ModelFileError(f"{meta.path}: tensor {tensor.name} has type id "

@@ -19,9 +19,10 @@ QUERY_MARKER = "<|rerank_token|>"
 PROJECTOR_SIDECAR = "projector.safetensors"
 PROJECTOR_TENSORS = ("projector.0.weight", "projector.2.weight")
 # The backbone's tensors, which llama.cpp's qwen3 loader requires (it refuses a file that
-# lacks one, or holds layers beyond its block count); `output.weight` may be left out,
-# since Qwen3-0.6B ties it to the token embeddings.
+# lacks one or holds any other); `output.weight` may be left out, since Qwen3-0.6B ties it
+# to the token embeddings.
 BACKBONE_TENSORS = ("token_embd.weight", "output_norm.weight")
+OPTIONAL_OUTPUT_TENSOR = "output.weight"
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm",
                  "attn_k_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
 

@@ -9,7 +9,9 @@ signal, and the rest of the suite still runs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -133,13 +135,24 @@ def ranker_for(converted):
         ranker.close()
 
 
+@contextlib.contextmanager
+def _tmpfs(folder: Path, options: str, why: str):
+    """`folder` with a tmpfs of `options` mounted on it for the block (root can mount one);
+    the test is skipped where it cannot be had."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount {why} here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 @pytest.fixture
 def unwritable_dir(tmp_path):
     """A directory this process cannot write into: its mode for a user, a read-only tmpfs
     for root (whom modes do not stop), or a skip where neither can be had."""
-    import os
-    import subprocess
-
     locked = tmp_path / "locked"
     locked.mkdir()
     if os.geteuid() != 0:
@@ -147,11 +160,15 @@ def unwritable_dir(tmp_path):
         yield locked
         locked.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("root here cannot mount a read-only tmpfs")
-    try:
+    with _tmpfs(locked, "ro,size=1m", "a read-only tmpfs"):
         yield locked
-    finally:
-        subprocess.run(["umount", str(locked)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A directory on a 4 MB filesystem of its own (a tmpfs), where a model does not fit;
+    a skip where none can be mounted."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    with _tmpfs(folder, "size=4m", "a small tmpfs (not root?)"):
+        yield folder

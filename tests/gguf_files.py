@@ -10,12 +10,14 @@ import numpy as np
 from reranker.model_format import backbone_tensor_names
 
 
-def write_gguf(path: Path, arch: str, add_content: Callable[[gguf.GGUFWriter], None]) -> Path:
+def write_gguf(path: Path, arch: str, add_content: Callable[[gguf.GGUFWriter], None], *,
+               placeholder: bool = True) -> Path:
     """A GGUF of architecture `arch` with the keys and tensors `add_content` adds, and
-    one tiny tensor "t"."""
+    (`placeholder`) one tiny tensor "t"."""
     writer = gguf.GGUFWriter(str(path), arch)
     add_content(writer)
-    writer.add_tensor("t", np.zeros(4, dtype=np.float32))
+    if placeholder:
+        writer.add_tensor("t", np.zeros(4, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

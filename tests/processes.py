@@ -21,9 +21,28 @@ def pids_whose_command(matches) -> set[int]:
     return pids
 
 
-def quantizer_pids() -> set[int]:
-    """The processes running llama.cpp's quantizer (convert/quantize.py's child)."""
-    return pids_whose_command(lambda command: b"convert.quantize" in command)
+def quantizer_pids(parent: int) -> set[int]:
+    """The children of `parent` running llama.cpp's quantizer (convert/quantize.py's)."""
+    return {pid for pid in pids_whose_command(lambda command: b"convert.quantize" in command)
+            if _parent_of(pid) == parent}
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            # "pid (command) state ppid ...": the command may hold spaces and parentheses
+            return int(file.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):  # gone meanwhile
+        return None
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, dead but not reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            return file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def run_python(script: str, *args, path_first: Path | None = None) -> subprocess.CompletedProcess:

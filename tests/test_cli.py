@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from processes import quantizer_pids
+from processes import quantizer_pids, running
 from reranker import Reranker
 from reranker.cli.main import cli
 
@@ -389,9 +390,6 @@ def test_pull_file_must_be_a_gguf(runner, monkeypatch):
 
 def _interrupt_when(job: subprocess.Popen, ready, what: str) -> None:
     """SIGINT to `job` once `ready()` is true, as Ctrl-C sends it."""
-    import signal
-    import time
-
     deadline = time.monotonic() + 120
     while not ready():
         assert job.poll() is None, f"ended before {what}"
@@ -418,24 +416,49 @@ def test_ctrl_c_during_llama_cpps_quantizer_writes_nothing(converted, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow  # child processes
-def test_the_quantizer_ends_with_a_killed_command(converted, tmp_path):
-    """`kill -9` of the command leaves no quantizer running on (llama.cpp's quantizer is a
-    child process of the command, which had no chance to stop it)."""
-    before = quantizer_pids()
+def _start_quantizing(converted, tmp_path) -> tuple[subprocess.Popen, int]:
+    """`quantize` as a child process, once llama.cpp's quantizer (its own child) runs."""
     job = subprocess.Popen([sys.executable, "-m", "reranker.cli.main", "quantize",
                             str(converted("f16")), "-t", "q4_k_m", "-o", str(tmp_path / "q.gguf"),
-                            "--threads", "1"], stderr=subprocess.DEVNULL)
+                            "--threads", "1"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not quantizer_pids() - before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert quantizer_pids() - before, "the quantizer never started"
+    while not (started := quantizer_pids(job.pid)) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert started, "the quantizer never started"
+    return job, started.pop()
+
+
+def _ends_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not running(pid)
+
+
+@pytest.mark.slow  # child processes
+def test_the_quantizer_ends_with_a_killed_command(converted, tmp_path):
+    """`kill -9` of the command, even while its quantizer is still starting up (it took
+    its parent's pid too late, and then quantized to the end), leaves no quantizer on and,
+    as the quantizer removes the file it was writing, no temporary file either."""
+    job, quantizer = _start_quantizing(converted, tmp_path)
     job.kill()
-    job.wait()
-    deadline = time.monotonic() + 10
-    while quantizer_pids() - before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert quantizer_pids() - before == set()
+    job.communicate()
+    assert _ends_within(quantizer, 3)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # child processes
+def test_a_double_ctrl_c_still_stops_the_quantizer(converted, tmp_path):
+    """The second interrupt could land before the first's kill (it does so only in some
+    runs): the quantizer lived on and wrote a file after its temporary had been removed."""
+    job, quantizer = _start_quantizing(converted, tmp_path)
+    time.sleep(0.5)
+    job.send_signal(signal.SIGINT)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == 1 and "Traceback" not in stderr, stderr
+    assert _ends_within(quantizer, 3)
+    assert list(tmp_path.iterdir()) == []  # nothing written after the command ended
 
 
 @pytest.mark.slow  # a child process

@@ -9,6 +9,7 @@ import signal
 import struct
 import threading
 import time
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -252,6 +253,26 @@ def test_the_quantizer_runs_from_a_folder_with_its_own_convert_py(converted, tmp
         FILE_TYPES["q4_0"].ftype
 
 
+def test_a_full_disk_is_named_when_the_quantizer_fails(converted, small_disk):
+    """llama.cpp says only "basic_ios::clear: iostream error", which came glued to the end
+    of an unfinished progress line."""
+    with pytest.raises(ConversionError) as failed:
+        quantize_gguf(converted("f16"), small_disk / "q.gguf", "q4_0", n_threads=1)
+    message = str(failed.value)
+    assert "quantizer failed to make q4_0: llama_model_quantize: failed to quantize" in message
+    assert f"MB free in {small_disk})" in message
+    assert list(small_disk.iterdir()) == []
+
+
+def test_an_unfinished_log_line_does_not_hide_the_next_error():
+    from reranker import llama_logging
+
+    llama_logging.take_last_error()
+    llama_logging._forward(2, b"[   3/  24] blk.0.attn_k.weight - converting to q4_0 .. ", None)
+    llama_logging._forward(4, b"llama_model_quantize: failed to quantize: disk full\n", None)
+    assert llama_logging.take_last_error() == "llama_model_quantize: failed to quantize: disk full"
+
+
 @pytest.mark.slow  # a quantization killed midway
 def test_a_quantizer_that_dies_is_an_error_not_the_end_of_the_process(converted, tmp_path):
     """ggml aborts the whole process on some misuse: the quantizer runs in a child, whose
@@ -264,11 +285,10 @@ def test_a_quantizer_that_dies_is_an_error_not_the_end_of_the_process(converted,
         except ConversionError as error:
             errors.append(str(error))
 
-    before = quantizer_pids()
     worker = threading.Thread(target=quantize)
     worker.start()
     deadline = time.monotonic() + 60
-    while not (started := quantizer_pids() - before) and time.monotonic() < deadline:
+    while not (started := quantizer_pids(os.getpid())) and time.monotonic() < deadline:
         time.sleep(0.005)
     assert started, "the quantizer never started"
     os.kill(started.pop(), signal.SIGABRT)
@@ -281,11 +301,14 @@ STOP_QUANTIZING = """
 import os, signal, sys, threading, time
 from pathlib import Path
 from convert.api import quantize_gguf
+from processes import quantizer_pids, running
 
 source, out = sys.argv[1], Path(sys.argv[2])
+children = set()
 
 def interrupt_once_quantizing():
     while not any(p.stat().st_size for p in out.parent.glob(".q.gguf.*")):
+        children.update(quantizer_pids(os.getpid()))
         time.sleep(0.005)
     os.kill(os.getpid(), signal.SIGINT)
 
@@ -296,7 +319,9 @@ try:
 except KeyboardInterrupt:
     cpu = time.process_time()
     time.sleep(1.0)
-    print(f"interrupted; cpu seconds in the next second: {time.process_time() - cpu:.2f}")
+    left = [pid for pid in children if running(pid)]
+    print(f"interrupted; quantizers left {left}; "
+          f"cpu seconds in the next second: {time.process_time() - cpu:.2f}")
 """
 
 
@@ -304,13 +329,12 @@ except KeyboardInterrupt:
 def test_ctrl_c_stops_a_library_quantization(converted, tmp_path):
     """An interrupt in a long-lived Python process (a notebook's kernel, say) stops the
     quantizer: it went on in a thread, using the CPU into a file already removed."""
-    before = quantizer_pids()
-    child = run_python(STOP_QUANTIZING, converted("f16"), tmp_path / "q.gguf")
+    child = run_python(STOP_QUANTIZING, converted("f16"), tmp_path / "q.gguf",
+                       path_first=Path(__file__).parent)
     assert child.returncode == 0, child.stderr[-2000:]
     outcome = child.stdout.strip()
-    assert outcome.startswith("interrupted"), outcome
+    assert outcome.startswith("interrupted; quantizers left []"), outcome
     assert float(outcome.rsplit(" ", 1)[1]) < 0.2, outcome
-    assert quantizer_pids() - before == set()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -364,6 +388,19 @@ def test_an_output_written_meanwhile_is_not_replaced_without_force(tmp_path):
     with atomic_output(out, force=True) as tmp:
         tmp.write_text("this run")
     assert out.read_text() == "this run" and list(tmp_path.iterdir()) == [out]
+
+
+def test_a_dangling_symlink_as_output_is_refused_before_the_work(tmp_path):
+    """exists() follows the link and the final link() does not: it failed after the work,
+    blaming another run."""
+    link = tmp_path / "model.gguf"
+    link.symlink_to(tmp_path / "missing.gguf")
+    with pytest.raises(ConversionError, match="is a symbolic link to a missing file; pass "
+                                              "--force to replace the link"):
+        check_output_path(link, force=False)
+    with atomic_output(link, force=True) as tmp:
+        tmp.write_text("written")
+    assert not link.is_symlink() and link.read_text() == "written"
 
 
 def test_an_output_name_too_long_for_the_temporary_file_is_refused_first(tmp_path):

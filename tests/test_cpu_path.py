@@ -186,6 +186,13 @@ def test_two_writers_at_once_lose_no_verdict(cache):
     assert len(json.loads(verdicts_file().read_text())) == 300
 
 
+def test_a_lock_that_cannot_be_had_does_not_stop_the_record(cache):
+    cache.mkdir(parents=True)
+    (cache / ".cpu-paths.json.lock").mkdir()  # cannot be opened as a file
+    save_verdict("k", "amx", True, "fine")
+    assert load_verdict("k").ok
+
+
 def test_the_verdict_file_is_readable_as_any_new_file(cache):
     """mkstemp's 0600 hid an administrator's verdicts from the service account."""
     previous = os.umask(0o022)

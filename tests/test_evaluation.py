@@ -446,6 +446,10 @@ def test_the_report_never_overwrites_an_input(runner, beir_dir, converted, tmp_p
     inputs = [tmp_path / "run.trec", model, beir_dir / "corpus.jsonl",
               beir_dir / "qrels" / "test.tsv"]
     before = [path.read_bytes() for path in inputs]
+    sidecar = tmp_path / "projector.safetensors"  # Jina's published layout reads it
+    sidecar.write_bytes(b"a projector")
+    inputs.append(sidecar)
+    before.append(sidecar.read_bytes())
     for report in inputs:
         done = runner.invoke(cli, ["eval", str(beir_dir), "--run", str(tmp_path / "run.trec"),
                                    "-m", str(model), "--json-report", str(report)])

@@ -175,14 +175,14 @@ def test_pull_refuses_a_file_the_runtime_cannot_open(tmp_path, converted):
     assert not (tmp_path / "models").exists()
 
 
-def test_a_failed_copy_takes_back_what_the_pull_wrote(tmp_path, converted, monkeypatch):
-    """The projector failing to copy (a full disk, here a stand-in raising ENOSPC, as a full
-    disk cannot be made on demand) left the model alone, without projector or checksum."""
+@pytest.fixture
+def projector_copy_fails(monkeypatch):
+    """Copying a projector.safetensors fails as on a full disk (a stand-in raising ENOSPC:
+    a disk that fills up at the second file cannot be made on demand)."""
     import errno
 
     from convert import pull as pull_module
 
-    folder = _published_folder(tmp_path / "downloads" / "jr3", converted("q8_0"))
     real_copy = pull_module.shutil.copyfile
 
     def copy(source, destination):
@@ -191,11 +191,38 @@ def test_a_failed_copy_takes_back_what_the_pull_wrote(tmp_path, converted, monke
         return real_copy(source, destination)
 
     monkeypatch.setattr(pull_module.shutil, "copyfile", copy)
+
+
+def test_a_failed_copy_takes_back_what_the_pull_wrote(tmp_path, converted, projector_copy_fails):
+    """The projector failing to copy left the model alone, without projector or checksum."""
+    from convert import pull as pull_module
+
+    folder = _published_folder(tmp_path / "downloads" / "jr3", converted("q8_0"))
     models = tmp_path / "models"
     models.mkdir()
     with pytest.raises(OSError, match="No space left"):
         pull_module.pull_published_gguf(str(folder), "model-q8_0.gguf", models)
     assert list(models.iterdir()) == []
+
+
+def test_a_forced_pull_that_fails_keeps_the_pair_it_had(tmp_path, converted, request):
+    """With --force the model was replaced first: a failure copying the projector left the
+    new model beside the old projector and the old checksum."""
+    from convert import pull as pull_module
+
+    folder = _published_folder(tmp_path / "downloads" / "jr3", converted("q8_0"))
+    models = tmp_path / "models"
+    models.mkdir()
+    pull_module.pull_published_gguf(str(folder), "model-q8_0.gguf", models)
+    kept = {path.name: path.read_bytes() for path in (models / "jr3").iterdir()}
+    sums = (models / "SHA256SUMS").read_text()
+    (folder / "model-q8_0.gguf").unlink()
+    os.link(converted("f16"), folder / "model-q8_0.gguf")  # a new upload of the same name
+    request.getfixturevalue("projector_copy_fails")
+    with pytest.raises(OSError, match="No space left"):
+        pull_module.pull_published_gguf(str(folder), "model-q8_0.gguf", models, force=True)
+    assert {path.name: path.read_bytes() for path in (models / "jr3").iterdir()} == kept
+    assert (models / "SHA256SUMS").read_text() == sums
 
 
 @pytest.mark.parametrize("source,name", [("ckpt/", "ckpt"), ("ckpt", "ckpt"), (".", "work"),

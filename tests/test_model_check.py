@@ -22,20 +22,16 @@ from reranker.cli.main import cli
 from reranker.model_check import open_reranker_file, reranker_file_problem
 
 
-def _gguf(path, arch="qwen3", tokens=("a", "<|embed_token|>", "<|rerank_token|>"),
-          layers=1):
+def _gguf(path, arch="qwen3", tokens=("a", "<|embed_token|>", "<|rerank_token|>"), *,
+          layers=1, block_count=None, extra=()):
+    """A GGUF with the vocabulary `tokens` and a backbone of `layers` layers (its block
+    count saying `block_count` if given), plus the tensors named in `extra`."""
     def add(writer):
         writer.add_token_list(list(tokens))
-        add_backbone(writer, layers)
-    return write_gguf(path, arch, add)
-
-
-def _with_block_count(path, block_count, layers=1):
-    """A reranker GGUF whose block count says `block_count` and which holds `layers` layers."""
-    def add(writer):
-        writer.add_token_list(["a", "<|embed_token|>", "<|rerank_token|>"])
         add_backbone(writer, layers, block_count)
-    return write_gguf(path, "qwen3", add)
+        for name in extra:
+            writer.add_tensor(name, np.zeros(4, dtype=np.float32))
+    return write_gguf(path, arch, add, placeholder=False)
 
 
 def _with_type_id(path, tensor, type_id):
@@ -81,11 +77,15 @@ def test_inspect_says_why_the_runtime_refuses_a_file(tmp_path):
         "no-markers.gguf": (_gguf(tmp_path / "no-markers.gguf", tokens=("a", "b")),
                             "the vocabulary has no <|embed_token|>"),
         # llama.cpp refuses these at load: inspect called them loadable, quantize copied them.
-        "fewer-layers.gguf": (_with_block_count(tmp_path / "fewer-layers.gguf", 3),
+        "fewer-layers.gguf": (_gguf(tmp_path / "fewer-layers.gguf", block_count=3),
                               "lacks 22 of the tensors of a 3-layer model (the first: "
                               "blk.1.attn_norm.weight)"),
-        "more-layers.gguf": (_with_block_count(tmp_path / "more-layers.gguf", 1, layers=2),
+        "more-layers.gguf": (_gguf(tmp_path / "more-layers.gguf", layers=2,
+                                   block_count=1),
                              "holds blk.1.attn_k.weight, beyond its qwen3.block_count of 1"),
+        "stray-tensor.gguf": (_gguf(tmp_path / "stray-tensor.gguf",
+                                    extra=["blk.0.ffn_extra.weight"]),
+                              "holds blk.0.ffn_extra.weight, which a qwen3 model has not"),
         "unknown-type.gguf": (_with_type_id(tmp_path / "unknown-type.gguf", "blk.0.ffn_up.weight",
                                             99),
                               "tensor blk.0.ffn_up.weight has type id 99, which this "

@@ -16,6 +16,7 @@ from reranker.evaluation.compare import (RerankRequest, check_model_files, compa
 from reranker.evaluation.beir import dataset_files
 from reranker.evaluation.rerank_eval import (EvaluationReport, evaluate_reranking,
                                              prepare_evaluation)
+from reranker.projector import sidecar_candidates
 from reranker.cli.documents_input import input_name, read_batch
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import MODEL_HELP, resolve_model
@@ -125,7 +126,7 @@ def evaluate(dataset_dir: Path, run_file: Path | None, bm25: bool, top_k: int, s
     # The report's path is checked before the evaluation, not after it.
     _check_report_path(json_report, [run_file, *dataset_files(dataset_dir, split)])
     model_path = resolve_model(model)
-    _check_report_path(json_report, [model_path])
+    _check_report_path(json_report, [model_path, *sidecar_candidates(model_path)])
     bars = ProgressBars()
     with friendly_errors():
         click.echo(f"loading {dataset_dir}...", err=True)

@@ -21,6 +21,7 @@ import click
 from convert.errors import ConversionError
 from convert.output import check_not_an_input
 from reranker.cli.documents_input import InputError, batch_requests, input_name
+from reranker.projector import sidecar_candidates
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -108,7 +109,8 @@ def run_ray_batch(batch_file: IO[bytes], job: RayJob, model_path: Path,
     if job.output is not None:
         batch_path = batch_file.name if isinstance(getattr(batch_file, "name", None), str) else None
         try:
-            check_not_an_input(job.output.expanduser(), [model_path, batch_path])
+            check_not_an_input(job.output.expanduser(),
+                               [model_path, *sidecar_candidates(model_path), batch_path])
         except ConversionError as e:
             raise click.UsageError(f"--output: {e}") from None
     parquet = is_parquet(name)

@@ -8,6 +8,7 @@ each file's SHA-256 is recorded in the folder's `SHA256SUMS` (the format
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import hashlib
 import shutil
 from pathlib import Path, PurePosixPath
@@ -109,12 +110,18 @@ def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
     created = not target_dir.exists()
     target_dir.mkdir(parents=True, exist_ok=True)
     copied = [target_dir / inside.name, target_dir / PROJECTOR_SIDECAR]
+    # A second quantization from the same repo shares its projector: the one already
+    # there is kept when it is the same file, so that pull needs no --force.
+    projector_there = (copied[1].is_file() and not copied[1].is_symlink()
+                       and filecmp.cmp(sources[1], copied[1], shallow=False))
+    to_copy = list(zip(sources, copied))[:1 if projector_there else 2]
     try:
-        # Both copied beside their places first, then both renamed: a failure or Ctrl-C
+        # All checked, copied beside their places, then all renamed: a failure or Ctrl-C
         # midway (with --force too) keeps the pair that was there, never half of each.
-        with atomic_output(copied[0], force) as model_tmp, \
-                atomic_output(copied[1], force) as projector_tmp:
-            for cached, tmp in zip(sources, (model_tmp, projector_tmp)):
+        with contextlib.ExitStack() as outputs:
+            temporaries = [outputs.enter_context(atomic_output(target, force))
+                           for _, target in to_copy]
+            for (cached, _), tmp in zip(to_copy, temporaries):
                 # A real copy, not the cache's symlink: the folder must travel on its own.
                 shutil.copyfile(cached, tmp)
         record_checksums(models_dir, copied)

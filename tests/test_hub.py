@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from convert.errors import ConversionError
 from reranker.gguf_metadata import read_metadata
 from reranker.model_format import Keys
 
@@ -146,15 +147,18 @@ def test_a_failed_pull_leaves_no_folder_and_says_why(tmp_path, args):
 
 def _published_folder(folder: Path, model: Path) -> Path:
     """A published GGUF repo's two files in a local folder."""
+    folder.mkdir(parents=True)
+    os.link(model, folder / "model-q8_0.gguf")
+    _write_projector(folder / "projector.safetensors")
+    return folder
+
+
+def _write_projector(path: Path, value: float = 1.0) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    folder.mkdir(parents=True)
-    os.link(model, folder / "model-q8_0.gguf")
-    save_file({"projector.0.weight": np.ones((8, 256), np.float32),
-               "projector.2.weight": np.ones((8, 8), np.float32)},
-              str(folder / "projector.safetensors"))
-    return folder
+    save_file({"projector.0.weight": np.full((8, 256), value, np.float32),
+               "projector.2.weight": np.full((8, 8), value, np.float32)}, str(path))
 
 
 @pytest.mark.parametrize("name", ["../model-q8_0.gguf", "/etc/model.gguf", "sub/../../x.gguf"])
@@ -217,12 +221,41 @@ def test_a_forced_pull_that_fails_keeps_the_pair_it_had(tmp_path, converted, req
     kept = {path.name: path.read_bytes() for path in (models / "jr3").iterdir()}
     sums = (models / "SHA256SUMS").read_text()
     (folder / "model-q8_0.gguf").unlink()
-    os.link(converted("f16"), folder / "model-q8_0.gguf")  # a new upload of the same name
+    os.link(converted("f16"), folder / "model-q8_0.gguf")  # a new upload of both files
+    _write_projector(folder / "projector.safetensors", value=2.0)
     request.getfixturevalue("projector_copy_fails")
     with pytest.raises(OSError, match="No space left"):
         pull_module.pull_published_gguf(str(folder), "model-q8_0.gguf", models, force=True)
     assert {path.name: path.read_bytes() for path in (models / "jr3").iterdir()} == kept
     assert (models / "SHA256SUMS").read_text() == sums
+
+
+def test_a_second_quantization_shares_the_projector_already_pulled(tmp_path, converted):
+    """Pulling q4_k_m after q8_0 from one repo needed --force: its projector.safetensors
+    (the same file) was already there. A projector that differs still needs it."""
+    from convert import pull as pull_module
+
+    folder = _published_folder(tmp_path / "downloads" / "jr3", converted("q8_0"))
+    os.link(converted("f16"), folder / "model-f16.gguf")
+    models = tmp_path / "models"
+    models.mkdir()
+    pull_module.pull_published_gguf(str(folder), "model-q8_0.gguf", models)
+    projector = models / "jr3" / "projector.safetensors"
+    first = projector.stat()
+    pull_module.pull_published_gguf(str(folder), "model-f16.gguf", models)
+    assert (first.st_ino, first.st_mtime_ns) == (projector.stat().st_ino,
+                                                  projector.stat().st_mtime_ns)
+    assert sorted(line.split("  ")[1] for line in
+                  (models / "SHA256SUMS").read_text().splitlines()) == [
+        "jr3/model-f16.gguf", "jr3/model-q8_0.gguf", "jr3/projector.safetensors"]
+
+    _write_projector(folder / "projector.safetensors", value=2.0)  # another repo's
+    (models / "jr3" / "model-f16.gguf").unlink()
+    with pytest.raises(ConversionError, match="projector.safetensors already exists; pass --force"):
+        pull_module.pull_published_gguf(str(folder), "model-f16.gguf", models)
+    assert not (models / "jr3" / "model-f16.gguf").exists()  # nothing of it was written
+    pull_module.pull_published_gguf(str(folder), "model-f16.gguf", models, force=True)
+    assert projector.read_bytes() == (folder / "projector.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("source,name", [("ckpt/", "ckpt"), ("ckpt", "ckpt"), (".", "work"),

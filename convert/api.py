@@ -112,5 +112,6 @@ def quantize_gguf(infile: str | Path, outfile: str | Path, type_name: str, *,
         raise ConversionError(f"{infile} is already {target.name}")
     with atomic_output(outfile, force) as tmp:
         run_llama_quantizer(infile, tmp, target, n_threads)
+        _check_the_runtime_opens(tmp, outfile)  # as convert's own output is
     return ConversionSummary(outfile, target.name, outfile.stat().st_size, len(meta.tensors),
                              time.monotonic() - started, str(infile))

@@ -670,6 +670,23 @@ def test_a_file_the_runtime_would_refuse_is_not_written(tiny_checkpoint, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_requantized_file_the_runtime_would_refuse_is_not_written(converted, tmp_path,
+                                                                    monkeypatch):
+    # A stand-in for llama.cpp's quantizer writing a cut-short file (as a bug or a disk
+    # error could; the real one cannot be made to on demand): quantize checks its output
+    # as convert does before it takes the output's name.
+    import convert.api
+
+    def cut_short(source, destination, target, n_threads):
+        destination.write_bytes(Path(source).read_bytes()[:4096])
+
+    monkeypatch.setattr(convert.api, "run_llama_quantizer", cut_short)
+    out = tmp_path / "q.gguf"
+    with pytest.raises(ConversionError, match=rf"{out} was not written: the runtime would refuse"):
+        quantize_gguf(converted("f16"), out, "q4_0")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def umask():
     """umask(value): set the process umask for this test; restored afterwards."""

@@ -25,6 +25,7 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Resol
 
     With HF_HUB_OFFLINE=1 a warm cache is enough and the network is never touched.
     """
+    check_source_given(source)
     path = Path(source).expanduser()
     if path.exists():
         if revision:
@@ -33,6 +34,13 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Resol
     text = str(source)
     check_repo_id(text)
     return _download(text, revision)
+
+
+def check_source_given(source: str | Path) -> None:
+    """An empty source is refused: pathlib reads "" as ".", the working directory."""
+    if str(source) == "":
+        raise CheckpointError("the source is empty; give a checkpoint directory (\".\" for "
+                              "this one) or a Hub repo id like jinaai/jina-reranker-v3")
 
 
 def check_repo_id(text: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from convert.api import ConversionSummary, convert_checkpoint
 from convert.errors import CheckpointError
-from convert.hub import check_repo_id, hub_errors
+from convert.hub import check_repo_id, check_source_given, hub_errors
 from convert.output import atomic_output
 from reranker.errors import ModelFileError
 from reranker.model_check import open_reranker_file
@@ -80,6 +80,7 @@ def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
     if inside.is_absolute() or ".." in inside.parts or not inside.name:
         raise CheckpointError(f"--file {filename!r} must name a file inside the repo (no "
                               "absolute path, no ..)")
+    check_source_given(repo_id)
     local = Path(repo_id).expanduser()
     names = (filename, PROJECTOR_SIDECAR)
     if local.is_dir():

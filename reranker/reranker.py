@@ -64,6 +64,9 @@ def resolve_model_file(model: str | Path) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         found = sorted(path.glob("*.gguf"))
+        if not found and (path / "config.json").is_file():
+            raise ModelFileError(f"{path} is a Hugging Face checkpoint, not a GGUF model: "
+                                 f"convert it first (reranker-cli convert {path} -t q8_0)")
         if len(found) != 1:
             listing = ", ".join(p.name for p in found) or "none"
             raise ModelFileError(f"{path} holds {len(found)} .gguf files ({listing}); "

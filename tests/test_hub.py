@@ -145,6 +145,15 @@ def test_a_failed_pull_leaves_no_folder_and_says_why(tmp_path, args):
     assert not (tmp_path / "models").exists()  # nor an empty models folder
 
 
+@pytest.mark.parametrize("args", [["pull", ""], ["pull", "", "--file", "x.gguf"],
+                                  ["convert", "", "-o", "x.gguf"]])
+def test_an_empty_source_is_refused_not_taken_for_the_working_directory(tmp_path, args):
+    """pathlib reads "" as "."; `pull ""` converted or copied from the working directory."""
+    done = run_cli(args, tmp_path, tmp_path / "hub")
+    assert done.returncode == 1 and done.stderr.startswith("Error: the source is empty;")
+    assert not (tmp_path / "models").exists() and not (tmp_path / "x.gguf").exists()
+
+
 def _published_folder(folder: Path, model: Path) -> Path:
     """A published GGUF repo's two files in a local folder."""
     folder.mkdir(parents=True)

@@ -138,3 +138,15 @@ def test_nan_weights_are_an_error_not_silent_zero_scores(converted, tmp_path):
     with Reranker(path, n_threads=1) as ranker:
         with pytest.raises(RerankerError, match="NaN or infinite hidden states .*damaged"):
             ranker.score("q", ["a", "b"])
+
+
+@pytest.mark.parametrize("command", ["inspect", "rerank"])
+def test_a_checkpoint_folder_given_as_the_model_says_to_convert_it(tiny_checkpoint, command):
+    """It said the folder "holds 0 .gguf files (none)", which does not say what to do."""
+    args = [str(tiny_checkpoint)] if command == "inspect" else ["-m", str(tiny_checkpoint),
+                                                                "-q", "q", "-d", "d"]
+    done = CliRunner().invoke(cli, [command, *args])
+    assert done.exit_code == 1
+    assert done.output == (f"Error: {tiny_checkpoint} is a Hugging Face checkpoint, not a GGUF "
+                           f"model: convert it first (reranker-cli convert {tiny_checkpoint} "
+                           "-t q8_0)\n")

@@ -161,6 +161,8 @@ def test_convert_quantize_and_inspect(runner, tiny_checkpoint, tmp_path):
     done = runner.invoke(cli, ["convert", str(tiny_checkpoint), "-o", str(f16), "-t", "f16"])
     assert done.exit_code == 0, done.output
     assert "f16" in done.output and "24 tensors" in done.output
+    # stderr is not a terminal here: a count, not a bar's bare label ("tensors")
+    assert "\ntensors: 24/24\n" in done.stderr and "\ntensors\n" not in done.stderr
     q4 = tmp_path / "m-q4.gguf"
     done = runner.invoke(cli, ["quantize", str(f16), "-o", str(q4), "-t", "q4_k_m"])
     assert done.exit_code == 0, done.output

@@ -90,8 +90,12 @@ def _check_the_runtime_opens(written: Path, outfile: Path) -> None:
 
 
 def quantize_gguf(infile: str | Path, outfile: str | Path, type_name: str, *,
-                  force: bool = False, n_threads: int | None = None) -> ConversionSummary:
-    """Requantize an F32/F16/BF16 reranker GGUF; the projector is carried along."""
+                  force: bool = False, n_threads: int | None = None,
+                  on_stage=None) -> ConversionSummary:
+    """Requantize an F32/F16/BF16 reranker GGUF; the projector is carried along.
+
+    `on_stage(text)` is told when the quantizer starts, once the input has been checked.
+    """
     started = time.monotonic()
     target = file_type(type_name)
     infile, outfile = Path(infile), Path(outfile)
@@ -111,6 +115,8 @@ def quantize_gguf(infile: str | Path, outfile: str | Path, type_name: str, *,
     if ftype == int(target.ftype):
         raise ConversionError(f"{infile} is already {target.name}")
     with atomic_output(outfile, force) as tmp:
+        if on_stage is not None:
+            on_stage(f"quantizing {infile} to {target.name} with llama.cpp")
         run_llama_quantizer(infile, tmp, target, n_threads)
         _check_the_runtime_opens(tmp, outfile)  # as convert's own output is
     return ConversionSummary(outfile, target.name, outfile.stat().st_size, len(meta.tensors),

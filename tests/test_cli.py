@@ -175,6 +175,13 @@ def test_convert_quantize_and_inspect(runner, tiny_checkpoint, tmp_path):
     assert "q4_k_m" in text and "151670" in text
 
 
+def test_a_quantize_that_cannot_start_prints_only_the_error(runner, tmp_path):
+    """It announced "quantizing nope.gguf to q4_0..." before saying the file is missing."""
+    done = runner.invoke(cli, ["quantize", "nope.gguf", "-o", "x.gguf", "-t", "q4_0"])
+    assert done.exit_code == 1
+    assert done.output == "Error: model file nope.gguf does not exist\n"
+
+
 def test_convert_default_output_goes_to_models(runner, tiny_checkpoint, tmp_path):
     done = runner.invoke(cli, ["convert", str(tiny_checkpoint), "-t", "q8_0"])
     assert done.exit_code == 0, done.output

@@ -95,6 +95,6 @@ def quantize(infile: Path, outfile: Path, type_name: str, force: bool, threads: 
       reranker-cli quantize models/jr3-f16.gguf -o models/jr3-q4_k_m.gguf -t q4_k_m
     """
     with friendly_errors():
-        click.echo(f"quantizing {infile} to {type_name}...", err=True)
-        summary = quantize_gguf(infile, outfile, type_name, force=force, n_threads=threads)
+        summary = quantize_gguf(infile, outfile, type_name, force=force, n_threads=threads,
+                                on_stage=StageProgress().stage)
     _report(summary)

@@ -1,8 +1,8 @@
 """Which engine runs the backbone: llama.cpp, PyTorch, or each for the prompts it is faster on.
 
 - ``llama.cpp``: `reranker.engine.LlamaEngine`, the default.
-- ``torch``: `reranker.torch_engine.TorchEngine` on the same GGUF (`pip install
-  'reranker[torch]'`); bf16 weights on CPUs with bf16 units, float32 elsewhere
+- ``torch``: `reranker.torch_engine.TorchEngine` on the same GGUF (the `torch`
+  extra); bf16 weights on CPUs with bf16 units, float32 elsewhere
   (`reranker.torch_engine.choose_dtype`).
 - ``llama.cpp+torch``: `reranker.routed_engine.RoutedEngine`, both loaded, llama.cpp for
   prompts shorter than a token count and torch from there. Only auto takes it.
@@ -28,11 +28,12 @@ from pathlib import Path
 from reranker.cpu_path import load_entry, machine_key, save_entry
 from reranker.cpu_support import read_cpu_info, read_llama_build
 from reranker.errors import RerankerError
+from reranker.extras import install_hint
 
 ENGINES = ("auto", "llama.cpp", "torch")  # what a user may ask for
 ROUTED = "llama.cpp+torch"  # auto's third answer (`auto_engine`)
 ENV_VAR = "RERANKER_ENGINE"
-TORCH_EXTRA_HINT = "install it with: pip install 'reranker[torch]'"
+TORCH_EXTRA_HINT = f"install it with: {install_hint('torch')}"
 _HEADER_BYTES = 1 << 20  # the part of the file hashed into its fingerprint
 # The requests doctor times on each engine, shortest first: (documents, words each).
 # The engines' order turns with length: on an AVX2 EPYC (q8_0, real size, 2 threads)

@@ -471,7 +471,8 @@ def test_a_stale_or_unusable_verdict_falls_back_to_llama_cpp():
     for recorded in ("torch", ROUTED):
         no_torch = choose_engine("auto", verdict(recorded, threshold=800), "fp",
                                  torch_available=False)
-        assert no_torch.name == "llama.cpp" and "reranker[torch]" in no_torch.reason
+        assert no_torch.name == "llama.cpp"
+        assert "pip install -e '.[torch]' in this project's folder" in no_torch.reason
     unknown = choose_engine("auto", verdict("onnx"), "fp", torch_available=True)
     assert unknown.name == "llama.cpp" and "'onnx'" in unknown.reason
 
@@ -664,7 +665,8 @@ def test_doctor_without_torch_times_llama_cpp_alone_and_records_nothing(converte
     assert set(report["engines"]) == {"llama.cpp"}
     runs = {request: timing["runs"] for request, timing in report["engines"]["llama.cpp"].items()}
     assert runs == {"short": 2, "medium": 1, "typical": 1}  # no turns to take alone
-    assert "PyTorch is not installed" in report["engine"] and "reranker[torch]" in report["engine"]
+    assert "PyTorch is not installed" in report["engine"]
+    assert "pip install -e '.[torch]' in this project's folder" in report["engine"]
     assert report["engine_verdict"] == {"engine": "llama.cpp", "torch_from_tokens": None,
                                         "recorded": False}
     assert load_engine_verdict(model) is None  # nothing measured against: auto stays llama.cpp

@@ -14,6 +14,7 @@ from reranker.evaluation.compare import (RerankRequest, check_model_files, compa
                                          ladder_files, quantization_ladder,
                                          requests_from_evaluation)
 from reranker.evaluation.beir import dataset_files
+from reranker.extras import install_hint
 from reranker.evaluation.rerank_eval import (EvaluationReport, evaluate_reranking,
                                              prepare_evaluation)
 from reranker.projector import sidecar_candidates
@@ -32,7 +33,7 @@ def candidate_options(command):
                           "tag)."),
         click.option("--bm25", is_flag=True,
                      help="First-stage candidates from BM25 over the corpus (needs bm25s: "
-                          "pip install 'reranker[eval]')."),
+                          f"{install_hint('eval')})."),
         click.option("--top-k", type=click.IntRange(min=1), default=100, show_default=True,
                      help="Candidates reranked per query."),
         click.option("--split", default="test", show_default=True,

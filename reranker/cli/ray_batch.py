@@ -20,6 +20,7 @@ import click
 
 from convert.errors import ConversionError
 from convert.output import check_not_an_input
+from reranker.extras import install_hint
 from reranker.cli.documents_input import InputError, batch_requests, input_name
 from reranker.projector import sidecar_candidates
 
@@ -27,7 +28,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 ray_options = [
     click.option("--ray", "use_ray", is_flag=True,
-                 help="Run --batch on Ray Data replicas (needs reranker[ray]); same answers, "
+                 help="Run --batch on Ray Data replicas (needs the ray extra); same answers, "
                       "same order."),
     click.option("--ray-address",
                  help="Join this Ray cluster (default: $RAY_ADDRESS if set, else a local Ray "
@@ -73,7 +74,7 @@ def ray_job(batch_file: IO[bytes] | None, use_ray: bool, address: str | None,
         if batch_file is not None and is_parquet(input_name(batch_file)):
             # Read as JSON Lines it would be answered line by line with encoding errors.
             raise click.UsageError("a Parquet --batch file is read by --ray (add --ray "
-                                   "--output OUT.parquet; `pip install 'reranker[ray]'`); "
+                                   f"--output OUT.parquet; {install_hint('ray')}); "
                                    "without it, --batch reads JSON Lines")
         return None
     if batch_file is None:
@@ -102,7 +103,7 @@ def run_ray_batch(batch_file: IO[bytes], job: RayJob, model_path: Path,
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise click.ClickException("--ray needs Ray: pip install 'reranker[ray]'") from None
+        raise click.ClickException(f"--ray needs Ray: {install_hint('ray')}") from None
     from reranker.ray.summary import JobSummary
 
     name = input_name(batch_file)

@@ -5,6 +5,7 @@ import click
 
 from reranker.cpu_path import CPU_PATHS, ENV_VAR
 from reranker.engine_choice import ENGINES, ENV_VAR as ENGINE_ENV_VAR
+from reranker.extras import install_hint
 from reranker.reranker import BLOCK_TOKENS
 
 block_tokens_option = click.option(
@@ -24,7 +25,7 @@ cpu_path_option = click.option(
 
 engine_option = click.option(
     "--engine", type=click.Choice(ENGINES), default=None,
-    help="What runs the model: llama.cpp, torch (PyTorch on the same GGUF; pip install "
-         "'reranker[torch]') or auto: what `reranker-cli doctor --model FILE` measured as "
+    help="What runs the model: llama.cpp, torch (PyTorch on the same GGUF; "
+         f"{install_hint('torch')}) or auto: what `reranker-cli doctor --model FILE` measured as "
          "faster for this file on this machine (torch, llama.cpp, or both with prompts routed "
          f"by length), else llama.cpp. Default: ${ENGINE_ENV_VAR} or auto.")

@@ -14,6 +14,7 @@ from reranker.model_check import open_reranker_file
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import resolve_model
+from reranker.extras import install_hint
 from reranker.cli.runtime_options import block_tokens_option, cpu_path_option, engine_option
 
 API_KEY_ENV = "RERANKER_API_KEY"
@@ -103,7 +104,7 @@ def serve(model, projector, host, port, model_name, workers, threads, block_toke
         from reranker.server.app import create_app, open_pool
         from reranker.server.settings import ServerSettings
     except ImportError as e:
-        raise click.ClickException(f"the server needs its extra: pip install 'reranker[server]' "
+        raise click.ClickException(f"the server needs its extra: {install_hint('server')} "
                                    f"({e.name} is missing)") from None
     model_path = resolve_model(model)
     api_key = _read_api_key(api_key_file)

@@ -5,6 +5,7 @@ from collections.abc import Mapping
 
 from reranker.evaluation.beir import CorpusDocument
 from reranker.evaluation.errors import DatasetError, MissingDependencyError
+from reranker.extras import install_hint
 
 # query id -> candidate document ids, best first
 Candidates = dict[str, list[str]]
@@ -18,7 +19,7 @@ def _import_bm25s():
         import bm25s
     except ImportError:
         raise MissingDependencyError("the BM25 first stage needs the bm25s package: "
-                                     "pip install 'reranker[eval]' (or take the candidates "
+                                     f"{install_hint('eval')} (or take the candidates "
                                      "from a TREC run file)") from None
     return bm25s
 

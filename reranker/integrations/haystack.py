@@ -15,11 +15,13 @@ import dataclasses
 import os
 from typing import Any
 
+from reranker.extras import install_hint
+
 try:
     from haystack import Document, component, default_from_dict, default_to_dict
 except ImportError as exc:  # the extra is not installed
     raise ImportError("reranker.integrations.haystack needs haystack-ai: "
-                      "pip install 'reranker[haystack]'") from exc
+                      f"{install_hint('haystack')}") from exc
 
 from reranker.integrations._shared import (SharedModel, check_count, check_instruction,
                                            check_list)

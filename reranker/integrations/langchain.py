@@ -11,13 +11,15 @@ import asyncio
 import os
 from collections.abc import Sequence
 
+from reranker.extras import install_hint
+
 try:
     from langchain_core.callbacks import Callbacks
     from langchain_core.documents import BaseDocumentCompressor, Document
     from pydantic import PrivateAttr
 except ImportError as exc:  # the extra is not installed
     raise ImportError("reranker.integrations.langchain needs langchain-core: "
-                      "pip install 'reranker[langchain]'") from exc
+                      f"{install_hint('langchain')}") from exc
 
 from reranker.integrations._shared import (SharedModel, check_keywords, check_list,
                                            checked_shared_model)

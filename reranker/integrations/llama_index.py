@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
+from reranker.extras import install_hint
+
 try:
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.callbacks import CBEventType, EventPayload
@@ -18,7 +20,7 @@ try:
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 except ImportError as exc:  # the extra is not installed
     raise ImportError("reranker.integrations.llama_index needs llama-index-core: "
-                      "pip install 'reranker[llama-index]'") from exc
+                      f"{install_hint('llama-index')}") from exc
 
 from reranker.integrations._shared import (SharedModel, check_keywords, check_list,
                                            checked_shared_model)

@@ -1,4 +1,4 @@
-"""Rerank a Ray Data dataset on a pool of model replicas (`pip install reranker[ray]`).
+"""Rerank a Ray Data dataset on a pool of model replicas (the `ray` extra).
 
 Ray Data does the scheduling, queueing and retrying: each replica is an actor of a
 `map_batches` actor pool that loads the GGUF once. Import this module only where Ray

@@ -20,7 +20,8 @@ def inspect(model: str | None, as_json: bool) -> None:
     """Describe a model file: architecture, type, size, tokens, markers, projector, source.
 
     MODEL is a GGUF path, a directory, or a model name under models/ (default: the
-    model `pull` fetched last, else the only one in models/). Only metadata is read;
+    model `pull` fetched last, else the only one in models/, else
+    jina-reranker-v3-q8_0.gguf among several). Only metadata is read;
     no weights are loaded. The last lines are the
     CPU path and the engine this machine would load it with (`reranker-cli doctor`
     checks the one and measures the other).

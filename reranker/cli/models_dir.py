@@ -17,7 +17,8 @@ MODELS_DIR_ENV = "RERANKER_MODELS_DIR"
 # folder). `pull` writes it; it travels with the folder to an air-gapped machine.
 DEFAULT_RECORD = "DEFAULT_MODEL"
 MODEL_HELP = ("GGUF file, directory, or name of a model in models/ (default: the model "
-              "`pull` fetched last, else the only one in models/).")
+              "`pull` fetched last, else the only one in models/, else "
+              f"{DEFAULT_MODEL_NAME}.gguf among several).")
 
 
 def models_dir() -> Path:

@@ -39,7 +39,7 @@ def _table(results: list[RerankResultItem]) -> str:
               help="Documents, one per line or JSON Lines with a \"text\" field; - for stdin.")
 @click.option("--batch", "batch_file", type=click.File("rb"),
               help="JSON Lines of rerank requests ({\"query\", \"documents\", \"top_n\"?, "
-                   "\"instruction\"?, \"max_tokens_per_doc\"?}); writes one JSON response "
+                   "\"instruction\"?, \"return_documents\"?, \"max_tokens_per_doc\"?}); writes one JSON response "
                    "per line.")
 @click.option("--model", "-m", help=MODEL_HELP)
 @click.option("--projector", type=click.Path(dir_okay=False, path_type=Path),

@@ -86,7 +86,8 @@ def _read_api_key(api_key_file: Path | None) -> str | None:
 def serve(model, projector, host, port, model_name, workers, threads, block_tokens, cpu_path,
           engine, queue_size, queue_timeout, max_documents, max_body_bytes, max_tokens,
           api_key_file, log_documents, shutdown_timeout) -> None:
-    """Serve the Jina / Cohere rerank API: POST /v1/rerank (and /rerank).
+    """Serve the Jina / Cohere rerank API: POST /v1/rerank (also at /rerank, which takes
+    Hugging Face TEI's body too) and POST /v2/rerank (Cohere's v2).
 
     Also GET /health, GET /v1/models, GET /metrics (Prometheus) and GET /docs (OpenAPI).
     Requests beyond the workers and the queue are refused with 429 and Retry-After.

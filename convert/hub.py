@@ -68,6 +68,24 @@ def _download(repo_id: str, revision: str | None) -> ResolvedSource:
     return ResolvedSource(snapshot, repo_id, snapshot.name)
 
 
+def hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached now, or None if it answered (or offline mode is on).
+
+    hf_hub_download retries a connection that fails five times, about 24 s, before it
+    looks in the local cache; snapshot_download gives up at once. One request without
+    retries tells a caller of hf_hub_download to look in the cache alone."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return None  # hf_hub_download looks in the cache alone already
+    try:
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as e:  # the transport errors of whichever HTTP library it uses
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 @contextlib.contextmanager
 def hub_errors(what: str, revision: str | None = None) -> Iterator[None]:
     """huggingface-hub's download errors as one-line CheckpointErrors naming `what`."""

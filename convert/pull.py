@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from convert.api import ConversionSummary, convert_checkpoint
 from convert.errors import CheckpointError
-from convert.hub import check_repo_id, check_source_given, hub_errors
+from convert.hub import check_repo_id, check_source_given, hub_errors, hub_unreachable
 from convert.output import atomic_output
 from reranker.errors import ModelFileError
 from reranker.model_check import open_reranker_file
@@ -95,10 +95,12 @@ def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
         from huggingface_hub import hf_hub_download
 
         check_repo_id(repo_id)
+        cache_only = hub_unreachable() is not None
         sources = []
         for name in names:  # both fetched before models/ gets a folder for them
             with hub_errors(f"{repo_id}/{name}", revision):
-                sources.append(Path(hf_hub_download(repo_id, name, revision=revision)))
+                sources.append(Path(hf_hub_download(repo_id, name, revision=revision,
+                                                    local_files_only=cache_only)))
     try:  # a wrong or cut-short file must not become the checksummed default model
         open_reranker_file(sources[0], projector=sources[1])
     except ModelFileError as error:

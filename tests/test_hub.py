@@ -154,6 +154,38 @@ def test_an_empty_source_is_refused_not_taken_for_the_working_directory(tmp_path
     assert not (tmp_path / "models").exists() and not (tmp_path / "x.gguf").exists()
 
 
+def test_pull_file_gives_up_at_once_when_the_hub_cannot_be_reached(tmp_path, converted):
+    """Without HF_HUB_OFFLINE, hf_hub_download retried a refused connection five times
+    (about 24 s, a "Retrying" line each) before it looked in the cache. The Hub here is a
+    loopback port nothing listens on; what is cached is still taken."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cache = tmp_path / "hub"
+    _write_projector(tmp_path / "projector.safetensors")
+    fill_cache(cache, "someone/cached-GGUF", {"model-q8_0.gguf": converted("q8_0"),
+                                              "projector.safetensors": tmp_path /
+                                              "projector.safetensors"})
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_CACHE=str(cache),
+               RERANKER_MODELS_DIR=str(tmp_path / "models"))
+    env.pop("HF_HUB_OFFLINE", None)
+    for repo, expected in (("someone/absent-GGUF", 1), ("someone/cached-GGUF", 0)):
+        done = subprocess.run([sys.executable, "-m", "reranker.cli.main", "pull", repo,
+                               "--file", "model-q8_0.gguf"], env=env, capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == expected, done.stderr
+        assert "Retrying" not in done.stderr
+    assert (tmp_path / "models" / "cached-GGUF" / "model-q8_0.gguf").is_file()
+    absent = subprocess.run([sys.executable, "-m", "reranker.cli.main", "pull",
+                             "someone/absent-GGUF", "--file", "x.gguf"], env=env,
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert absent.stderr == ("Error: someone/absent-GGUF/x.gguf is not in the local Hugging Face "
+                             "cache and the Hub cannot be reached (offline?); download it on a "
+                             "connected machine or use local files\n")
+
+
 def _published_folder(folder: Path, model: Path) -> Path:
     """A published GGUF repo's two files in a local folder."""
     folder.mkdir(parents=True)

@@ -14,9 +14,9 @@ from reranker.evaluation.compare import (RerankRequest, check_model_files, compa
                                          ladder_files, quantization_ladder,
                                          requests_from_evaluation)
 from reranker.evaluation.beir import dataset_files
-from reranker.extras import install_hint
 from reranker.evaluation.rerank_eval import (EvaluationReport, evaluate_reranking,
                                              prepare_evaluation)
+from reranker.extras import install_hint
 from reranker.projector import sidecar_candidates
 from reranker.cli.documents_input import input_name, read_batch
 from reranker.cli.errors import friendly_errors

@@ -20,8 +20,8 @@ import click
 
 from convert.errors import ConversionError
 from convert.output import check_not_an_input
-from reranker.extras import install_hint
 from reranker.cli.documents_input import InputError, batch_requests, input_name
+from reranker.extras import install_hint
 from reranker.projector import sidecar_candidates
 
 PARQUET_SUFFIXES = (".parquet", ".pq")

@@ -39,8 +39,8 @@ def _table(results: list[RerankResultItem]) -> str:
               help="Documents, one per line or JSON Lines with a \"text\" field; - for stdin.")
 @click.option("--batch", "batch_file", type=click.File("rb"),
               help="JSON Lines of rerank requests ({\"query\", \"documents\", \"top_n\"?, "
-                   "\"instruction\"?, \"return_documents\"?, \"max_tokens_per_doc\"?}); writes one JSON response "
-                   "per line.")
+                   "\"instruction\"?, \"return_documents\"?, \"max_tokens_per_doc\"?}); "
+                   "writes one JSON response per line.")
 @click.option("--model", "-m", help=MODEL_HELP)
 @click.option("--projector", type=click.Path(dir_okay=False, path_type=Path),
               help="projector.safetensors for a backbone GGUF without one.")

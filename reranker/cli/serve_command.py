@@ -14,8 +14,8 @@ from reranker.model_check import open_reranker_file
 from reranker.reranker import resolve_model_file
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import resolve_model
-from reranker.extras import install_hint
 from reranker.cli.runtime_options import block_tokens_option, cpu_path_option, engine_option
+from reranker.extras import install_hint
 
 API_KEY_ENV = "RERANKER_API_KEY"
 

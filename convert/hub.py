@@ -69,11 +69,14 @@ def _download(repo_id: str, revision: str | None) -> ResolvedSource:
 
 
 def hub_unreachable() -> str | None:
-    """Why the Hub cannot be reached now, or None if it answered (or offline mode is on).
+    """Why the Hub cannot be reached at all now (its name does not resolve, the connection
+    is refused, a proxy refuses it), or None: it answered, offline mode is on, or it is
+    only slow.
 
     hf_hub_download retries a connection that fails five times, about 24 s, before it
     looks in the local cache; snapshot_download gives up at once. One request without
-    retries tells a caller of hf_hub_download to look in the cache alone."""
+    retries tells a caller of hf_hub_download to look in the cache alone. A timeout is
+    not taken for an answer: a slow Hub is waited for, and retried, by hf_hub_download."""
     from huggingface_hub import constants
     from huggingface_hub.utils import get_session
 
@@ -82,13 +85,17 @@ def hub_unreachable() -> str | None:
     try:
         get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except Exception as e:  # the transport errors of whichever HTTP library it uses
+        if "timeout" in type(e).__name__.lower():  # httpx's and requests' timeouts
+            return None
         return f"{type(e).__name__}: {e}"
     return None
 
 
 @contextlib.contextmanager
-def hub_errors(what: str, revision: str | None = None) -> Iterator[None]:
-    """huggingface-hub's download errors as one-line CheckpointErrors naming `what`."""
+def hub_errors(what: str, revision: str | None = None,
+               unreachable: str | None = None) -> Iterator[None]:
+    """huggingface-hub's download errors as one-line CheckpointErrors naming `what`
+    (and why the Hub was out of reach, when `hub_unreachable` said)."""
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
@@ -98,7 +105,8 @@ def hub_errors(what: str, revision: str | None = None) -> Iterator[None]:
     except LocalEntryNotFoundError as e:  # before EntryNotFoundError: it is one
         raise CheckpointError(
             f"{what} is not in the local Hugging Face cache and the Hub cannot be reached "
-            "(offline?); download it on a connected machine or use local files") from e
+            f"({unreachable or 'offline?'}); download it on a connected machine or use local "
+            "files") from e
     except EntryNotFoundError as e:
         raise CheckpointError(f"{what} does not exist on the Hub") from e
     except RepositoryNotFoundError as e:

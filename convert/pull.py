@@ -95,12 +95,12 @@ def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
         from huggingface_hub import hf_hub_download
 
         check_repo_id(repo_id)
-        cache_only = hub_unreachable() is not None
+        unreachable = hub_unreachable()
         sources = []
         for name in names:  # both fetched before models/ gets a folder for them
-            with hub_errors(f"{repo_id}/{name}", revision):
+            with hub_errors(f"{repo_id}/{name}", revision, unreachable):
                 sources.append(Path(hf_hub_download(repo_id, name, revision=revision,
-                                                    local_files_only=cache_only)))
+                                                    local_files_only=unreachable is not None)))
     try:  # a wrong or cut-short file must not become the checksummed default model
         open_reranker_file(sources[0], projector=sources[1])
     except ModelFileError as error:

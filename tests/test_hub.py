@@ -181,9 +181,32 @@ def test_pull_file_gives_up_at_once_when_the_hub_cannot_be_reached(tmp_path, con
     absent = subprocess.run([sys.executable, "-m", "reranker.cli.main", "pull",
                              "someone/absent-GGUF", "--file", "x.gguf"], env=env,
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert absent.stderr == ("Error: someone/absent-GGUF/x.gguf is not in the local Hugging Face "
-                             "cache and the Hub cannot be reached (offline?); download it on a "
-                             "connected machine or use local files\n")
+    assert absent.stderr.startswith("Error: someone/absent-GGUF/x.gguf is not in the local "
+                                    "Hugging Face cache and the Hub cannot be reached (Connect")
+    assert absent.stderr.count("\n") == 1
+
+
+def test_a_slow_hub_is_not_taken_for_an_unreachable_one(monkeypatch):
+    """A Hub that answers slowly is left to hf_hub_download, which waits longer and retries;
+    taken for unreachable, a working but slow Hub failed every pull --file."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from convert.hub import hub_unreachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        assert hub_unreachable() is None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    assert "Connect" in hub_unreachable()  # refused: the cache alone is looked at
 
 
 def _published_folder(folder: Path, model: Path) -> Path:

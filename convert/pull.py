@@ -8,9 +8,12 @@ each file's SHA-256 is recorded in the folder's `SHA256SUMS` (the format
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import filecmp
 import hashlib
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from convert.api import ConversionSummary, convert_checkpoint
@@ -49,6 +52,28 @@ def record_checksums(models_dir: Path, paths: list[Path]) -> Path:
     return sums_path
 
 
+@contextlib.contextmanager
+def one_writer_at_a_time(models_dir: Path) -> Iterator[None]:
+    """Held while a pull writes into models_dir: SHA256SUMS is read, changed and written,
+    and two pulls from one repo share its folder and projector (at once, one removed the
+    other's projector when it rolled back). The folder itself is locked, so no lock file
+    is left in it; where it cannot be locked (some network file systems) pulls go on
+    without taking turns."""
+    try:
+        handle = os.open(models_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(handle)
+
+
 def source_name(source: str) -> str:
     """What a model made from `source` is named after: a local directory by its own name
     ("." and ".." by the folder they mean, "dir/" without the slash), a Hub id by its
@@ -64,7 +89,8 @@ def pull_converted(repo_id: str, type_name: str, models_dir: Path, *, revision: 
     outfile = models_dir / f"{source_name(repo_id)}-{type_name.lower()}.gguf"
     summary = convert_checkpoint(repo_id, outfile, type_name, revision=revision, force=force,
                                  progress=progress, on_stage=on_stage)
-    record_checksums(models_dir, [outfile])
+    with one_writer_at_a_time(models_dir):
+        record_checksums(models_dir, [outfile])
     return summary
 
 
@@ -110,13 +136,30 @@ def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
         if unpaired_surrogate(name) is not None:  # SHA256SUMS is UTF-8 text
             raise CheckpointError(f"{name.encode(errors='surrogateescape')!r} is not a UTF-8 "
                                   "name; rename it")
+    with one_writer_at_a_time(models_dir):
+        _copy_pair(sources, target_dir, inside.name, models_dir, repo_id, force)
+    return [target_dir / inside.name, target_dir / PROJECTOR_SIDECAR]
+
+
+def _copy_pair(sources: list[Path], target_dir: Path, model_name: str, models_dir: Path,
+               repo_id: str, force: bool) -> None:
+    """Copy a GGUF and its projector into target_dir and record both checksums; a failure
+    takes back what this call wrote."""
     created = not target_dir.exists()
     target_dir.mkdir(parents=True, exist_ok=True)
-    copied = [target_dir / inside.name, target_dir / PROJECTOR_SIDECAR]
+    copied = [target_dir / model_name, target_dir / PROJECTOR_SIDECAR]
     # A second quantization from the same repo shares its projector: the one already
     # there is kept when it is the same file, so that pull needs no --force.
     projector_there = (copied[1].is_file() and not copied[1].is_symlink()
                        and filecmp.cmp(sources[1], copied[1], shallow=False))
+    sharing = sorted(path.name for path in target_dir.glob("*.gguf") if path.name != model_name)
+    if copied[1].exists() and not projector_there and sharing:
+        # --force included: the models already beside it would be paired with another
+        # projector unseen (their checksums still verify) and score wrongly.
+        raise CheckpointError(f"{copied[1]} is the projector of {', '.join(sharing)} too, and "
+                              f"{repo_id}'s differs: replacing it would pair those models with "
+                              "another projector; remove them first, or pull into another "
+                              "models folder ($RERANKER_MODELS_DIR)")
     to_copy = list(zip(sources, copied))[:1 if projector_there else 2]
     try:
         # All checked, copied beside their places, then all renamed: a failure or Ctrl-C
@@ -129,10 +172,9 @@ def pull_published_gguf(repo_id: str, filename: str, models_dir: Path, *,
                 shutil.copyfile(cached, tmp)
         record_checksums(models_dir, copied)
     except BaseException:
-        if created:  # nothing of it was there before
+        if created:  # nothing of it was there before (other pulls wait their turn)
             for path in copied:
                 path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 target_dir.rmdir()
         raise
-    return copied

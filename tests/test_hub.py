@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from convert.errors import ConversionError
+from convert.errors import CheckpointError, ConversionError
 from reranker.gguf_metadata import read_metadata
 from reranker.model_format import Keys
 
@@ -315,11 +315,51 @@ def test_a_second_quantization_shares_the_projector_already_pulled(tmp_path, con
 
     _write_projector(folder / "projector.safetensors", value=2.0)  # another repo's
     (models / "jr3" / "model-f16.gguf").unlink()
+    kept = projector.read_bytes()
+    for force in (False, True):  # --force would pair model-q8_0.gguf with it unseen
+        with pytest.raises(CheckpointError, match="projector.safetensors is the projector of "
+                                                  "model-q8_0.gguf too"):
+            pull_module.pull_published_gguf(str(folder), "model-f16.gguf", models, force=force)
+    assert not (models / "jr3" / "model-f16.gguf").exists() and projector.read_bytes() == kept
+    (models / "jr3" / "model-q8_0.gguf").unlink()  # the projector's only model is gone
     with pytest.raises(ConversionError, match="projector.safetensors already exists; pass --force"):
         pull_module.pull_published_gguf(str(folder), "model-f16.gguf", models)
-    assert not (models / "jr3" / "model-f16.gguf").exists()  # nothing of it was written
     pull_module.pull_published_gguf(str(folder), "model-f16.gguf", models, force=True)
     assert projector.read_bytes() == (folder / "projector.safetensors").read_bytes()
+
+
+def test_pulls_into_one_folder_at_once_take_turns(tmp_path, converted):
+    """Two pulls of a repo's quantizations at once: one refused the other's (identical)
+    projector as "written by another run", or rolled back and removed it, leaving a model
+    without projector or checksums. Threads stand for processes: the lock is taken on an
+    open file description, as another process's would be."""
+    import threading
+
+    from convert import pull as pull_module
+
+    folder = _published_folder(tmp_path / "downloads" / "jr3", converted("q8_0"))
+    os.link(converted("f16"), folder / "model-f16.gguf")
+    for round_ in range(4):
+        models = tmp_path / f"models-{round_}"
+        models.mkdir()
+        errors = []
+
+        def pull(name):
+            try:
+                pull_module.pull_published_gguf(str(folder), name, models)
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=pull, args=(name,))
+                   for name in ("model-q8_0.gguf", "model-f16.gguf")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert errors == []
+        assert sorted(line.split("  ")[1] for line in
+                      (models / "SHA256SUMS").read_text().splitlines()) == [
+            "jr3/model-f16.gguf", "jr3/model-q8_0.gguf", "jr3/projector.safetensors"]
 
 
 @pytest.mark.parametrize("source,name", [("ckpt/", "ckpt"), ("ckpt", "ckpt"), (".", "work"),

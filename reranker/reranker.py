@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import threading
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
@@ -61,12 +62,16 @@ def resolve_model_file(model: str | Path) -> Path:
     if not isinstance(model, (str, PathLike)):
         raise TypeError(f"model is {type(model).__name__}; expected a path (str or "
                         "pathlib.Path) to a GGUF file or a directory holding one")
+    if str(model) == "":  # pathlib reads it as "."
+        raise ModelFileError("the model path is empty; give a GGUF file or a directory "
+                             "holding one")
     path = Path(model).expanduser()
     if path.is_dir():
         found = sorted(path.glob("*.gguf"))
-        if not found and (path / "config.json").is_file():
+        if not found and (path / "config.json").is_file() and any(path.glob("*.safetensors*")):
             raise ModelFileError(f"{path} is a Hugging Face checkpoint, not a GGUF model: "
-                                 f"convert it first (reranker-cli convert {path} -t q8_0)")
+                                 "convert it first (reranker-cli convert "
+                                 f"{shlex.quote(str(path))} -t q8_0)")
         if len(found) != 1:
             listing = ", ".join(p.name for p in found) or "none"
             raise ModelFileError(f"{path} holds {len(found)} .gguf files ({listing}); "

@@ -115,6 +115,18 @@ def test_batch_jsonl_in_and_out(runner, converted, tmp_path):
     assert done.exit_code == 0, done.output
     responses = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [len(r["results"]) for r in responses] == [3, 1]
+    assert done.stderr.splitlines()[-1] == "queries: 2/2"  # not a bare "queries" label
+
+
+@pytest.mark.parametrize("command", [["rerank", "-m", "", "-q", "q", "-d", "d"], ["inspect", ""]])
+def test_an_empty_model_is_refused_not_taken_for_the_working_directory(runner, converted,
+                                                                      tmp_path, command):
+    """pathlib reads "" as "."; `-m "$MODEL"` with MODEL unset used whatever GGUF was here."""
+    shutil.copy(converted("q8_0"), tmp_path / "here.gguf")
+    done = runner.invoke(cli, command)
+    assert done.exit_code == 1
+    assert done.output == ("Error: the model is empty; give a GGUF path or a model name, or "
+                           "leave it out for the default model\n")
 
 
 @pytest.mark.parametrize("content,message", [

@@ -190,6 +190,18 @@ def test_compare_command_json(runner, converted, requests_file):
     assert converted("q8_0").name in done.stderr  # one progress bar per model
 
 
+def test_compare_counts_two_files_of_one_name_apart(runner, converted, requests_file, tmp_path):
+    """Labelled by name, their progress merged into one line, "m.gguf: 4/2"."""
+    for folder, type_name in (("a", "f32"), ("b", "q8_0")):
+        (tmp_path / folder).mkdir()
+        os.link(converted(type_name), tmp_path / folder / "m.gguf")
+    done = runner.invoke(cli, ["compare", str(tmp_path / "a" / "m.gguf"),
+                               str(tmp_path / "b" / "m.gguf"), "--requests", str(requests_file)])
+    assert done.exit_code == 0, done.output
+    counts = [line for line in done.stderr.splitlines() if "m.gguf: " in line]
+    assert counts == [f"{tmp_path / 'a' / 'm.gguf'}: 2/2", f"{tmp_path / 'b' / 'm.gguf'}: 2/2"]
+
+
 def test_compare_command_table_on_a_beir_dataset(runner, converted, tmp_path):
     folder = tmp_path / "beir"
     (folder / "qrels").mkdir(parents=True)

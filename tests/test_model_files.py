@@ -6,6 +6,7 @@ metadata value overwritten in place, as a broken copy or a faulty writer would l
 """
 from __future__ import annotations
 
+import shutil
 import struct
 import subprocess
 import sys
@@ -150,3 +151,20 @@ def test_a_checkpoint_folder_given_as_the_model_says_to_convert_it(tiny_checkpoi
     assert done.output == (f"Error: {tiny_checkpoint} is a Hugging Face checkpoint, not a GGUF "
                            f"model: convert it first (reranker-cli convert {tiny_checkpoint} "
                            "-t q8_0)\n")
+
+
+def test_the_convert_hint_is_a_command_that_can_be_pasted(tiny_checkpoint, tmp_path):
+    from reranker.errors import ModelFileError
+    from reranker.reranker import resolve_model_file
+
+    spaced = tmp_path / "my checkpoint"
+    shutil.copytree(tiny_checkpoint, spaced)
+    with pytest.raises(ModelFileError, match=f"reranker-cli convert '{spaced}' -t q8_0"):
+        resolve_model_file(spaced)
+    settings = tmp_path / "settings"  # a config.json alone is not a checkpoint
+    settings.mkdir()
+    (settings / "config.json").write_text("{}")
+    with pytest.raises(ModelFileError, match="holds 0 .gguf files"):
+        resolve_model_file(settings)
+    with pytest.raises(ModelFileError, match="the model path is empty"):
+        resolve_model_file("")

@@ -274,7 +274,7 @@ def compare(models: tuple[str, ...], requests_file, dataset_dir: Path | None,
     bars = ProgressBars()
 
     def progress(path: Path, done: int, total: int) -> None:
-        bars.update(path.name, total)
+        bars.update(str(path), total)  # by path: two files of one name are two bars
 
     with friendly_errors():
         try:

@@ -98,6 +98,9 @@ def resolve_model(name: str | None) -> Path:
     """A GGUF path, a directory, or the name of a model under the models folder."""
     if name is None:
         return default_model()
+    if name == "":  # pathlib reads it as ".": an unset $MODEL would pick whatever is here
+        raise click.ClickException("the model is empty; give a GGUF path or a model name, or "
+                                   "leave it out for the default model")
     path = Path(name).expanduser()
     if path.exists():
         return path

@@ -16,6 +16,7 @@ from reranker.cli.documents_input import (InputError, batch_requests, check_text
                                           read_documents)
 from reranker.cli.errors import friendly_errors
 from reranker.cli.models_dir import MODEL_HELP, resolve_model
+from reranker.cli.progress import ProgressBars
 from reranker.cli.ray_batch import ray_job, with_ray_options
 from reranker.cli.runtime_options import block_tokens_option, cpu_path_option, engine_option
 
@@ -152,13 +153,17 @@ def _run_batch(ranker: Reranker, lines: list[tuple[int, RerankRequest | InputErr
     lines after it go on: one bad line used to stop the run with half the answers written.
     """
     failed = []
-    with click.progressbar(lines, label="queries", file=sys.stderr) as bar:
-        for number, request in bar:
+    bars = ProgressBars()
+    try:
+        for number, request in lines:
             answer = answer_batch_request(ranker, request, model_name, include_documents)
             if "error" in answer:
                 failed.append(number)
                 answer["line"] = number
             click.echo(json.dumps(answer, ensure_ascii=False))
+            bars.update("queries", len(lines))
+    finally:
+        bars.close()
     return failed
 
 

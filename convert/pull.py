@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import filecmp
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from reranker.model_format import PROJECTOR_SIDECAR
 from reranker.reranker import unpaired_surrogate
 
 CHECKSUMS_FILE = "SHA256SUMS"
+logger = logging.getLogger(__name__)
 
 
 def file_sha256(path: Path) -> str:
@@ -66,6 +68,9 @@ def one_writer_at_a_time(models_dir: Path) -> Iterator[None]:
         return
     try:
         try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("waiting for another pull into %s to finish", models_dir)
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError:
             pass

@@ -57,6 +57,15 @@ class Scores:
     reused_tokens: int = 0  # and the ones whose KV cache was kept from the call before
 
 
+def checkpoint_folder_error(path: Path) -> ModelFileError | None:
+    """What to say when a Hugging Face checkpoint folder is given where a GGUF model
+    belongs ("holds 0 .gguf files" did not say what to do); None for any other folder."""
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors*")):
+        return ModelFileError(f"{path} is a Hugging Face checkpoint, not a GGUF model: convert "
+                              f"it first (reranker-cli convert {shlex.quote(str(path))} -t q8_0)")
+    return None
+
+
 def resolve_model_file(model: str | Path) -> Path:
     """A GGUF path, or a directory holding exactly one GGUF."""
     if not isinstance(model, (str, PathLike)):
@@ -68,10 +77,8 @@ def resolve_model_file(model: str | Path) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         found = sorted(path.glob("*.gguf"))
-        if not found and (path / "config.json").is_file() and any(path.glob("*.safetensors*")):
-            raise ModelFileError(f"{path} is a Hugging Face checkpoint, not a GGUF model: "
-                                 "convert it first (reranker-cli convert "
-                                 f"{shlex.quote(str(path))} -t q8_0)")
+        if not found and (error := checkpoint_folder_error(path)) is not None:
+            raise error
         if len(found) != 1:
             listing = ", ".join(p.name for p in found) or "none"
             raise ModelFileError(f"{path} holds {len(found)} .gguf files ({listing}); "

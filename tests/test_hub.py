@@ -362,6 +362,32 @@ def test_pulls_into_one_folder_at_once_take_turns(tmp_path, converted):
             "jr3/model-f16.gguf", "jr3/model-q8_0.gguf", "jr3/projector.safetensors"]
 
 
+def test_a_pull_waiting_for_its_turn_says_so(tmp_path, converted, caplog):
+    import fcntl
+    import threading
+    import time
+
+    from convert import pull as pull_module
+
+    folder = _published_folder(tmp_path / "downloads" / "jr3", converted("q8_0"))
+    models = tmp_path / "models"
+    models.mkdir()
+    holder = os.open(models, os.O_RDONLY | os.O_DIRECTORY)  # another pull's turn
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    worker = threading.Thread(target=pull_module.pull_published_gguf,
+                              args=(str(folder), "model-q8_0.gguf", models))
+    with caplog.at_level("WARNING", logger="convert.pull"):
+        worker.start()
+        deadline = time.monotonic() + 60
+        while "waiting for another pull" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert f"waiting for another pull into {models} to finish" in caplog.text
+        assert not (models / "jr3").exists()  # nothing written before its turn
+        os.close(holder)  # the other pull ends
+        worker.join(60)
+    assert (models / "jr3" / "model-q8_0.gguf").is_file()
+
+
 @pytest.mark.parametrize("source,name", [("ckpt/", "ckpt"), ("ckpt", "ckpt"), (".", "work"),
                                          ("owner/repo-name", "repo-name")])
 def test_models_are_named_after_their_source(tmp_path, monkeypatch, source, name):

@@ -141,11 +141,15 @@ def test_nan_weights_are_an_error_not_silent_zero_scores(converted, tmp_path):
             ranker.score("q", ["a", "b"])
 
 
-@pytest.mark.parametrize("command", ["inspect", "rerank"])
-def test_a_checkpoint_folder_given_as_the_model_says_to_convert_it(tiny_checkpoint, command):
+@pytest.mark.parametrize("command", ["inspect", "rerank", "compare"])
+def test_a_checkpoint_folder_given_as_the_model_says_to_convert_it(tiny_checkpoint, command,
+                                                                   tmp_path):
     """It said the folder "holds 0 .gguf files (none)", which does not say what to do."""
-    args = [str(tiny_checkpoint)] if command == "inspect" else ["-m", str(tiny_checkpoint),
-                                                                "-q", "q", "-d", "d"]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"query": "q", "documents": ["d"]}\n')
+    args = {"inspect": [str(tiny_checkpoint)],
+            "rerank": ["-m", str(tiny_checkpoint), "-q", "q", "-d", "d"],
+            "compare": ["--ladder", str(tiny_checkpoint), "--requests", str(requests)]}[command]
     done = CliRunner().invoke(cli, [command, *args])
     assert done.exit_code == 1
     assert done.output == (f"Error: {tiny_checkpoint} is a Hugging Face checkpoint, not a GGUF "

@@ -14,7 +14,7 @@ from reranker.evaluation.agreement import Agreement, measure_agreement
 from reranker.evaluation.rerank_eval import EvaluationInput
 from reranker.model_check import open_reranker_file
 from reranker.model_info import describe_model
-from reranker.reranker import Reranker, resolve_model_file
+from reranker.reranker import Reranker, checkpoint_folder_error, resolve_model_file
 
 # progress(model file, queries done, queries in all)
 ModelProgress = Callable[[Path, int, int], None]
@@ -139,7 +139,8 @@ def ladder_files(paths: Sequence[str | Path]) -> list[Path]:
         if given.is_dir():
             files = sorted(given.glob("*.gguf"))
             if not files:
-                raise ModelFileError(f"{given} holds no .gguf files")
+                raise checkpoint_folder_error(given) or ModelFileError(
+                    f"{given} holds no .gguf files")
         elif given.is_file():
             files = [given]
         else:

@@ -12,7 +12,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from processes import quantizer_pids, running
+from processes import quantizer_pids, run_python, running
 from reranker import Reranker
 from reranker.cli.main import cli
 
@@ -480,6 +480,43 @@ def test_a_double_ctrl_c_still_stops_the_quantizer(converted, tmp_path):
     assert job.returncode == 1 and "Traceback" not in stderr, stderr
     assert _ends_within(quantizer, 3)
     assert list(tmp_path.iterdir()) == []  # nothing written after the command ended
+
+
+# A real SIGINT, sent by the child to itself from an import hook at its first import of
+# numpy: that is while the command group is being imported, before any command runs.
+INTERRUPTED_WHILE_IMPORTING = """
+import os, signal, sys
+
+class InterruptAtNumpy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, InterruptAtNumpy())
+sys.argv[1:] = ["inspect", "nothing.gguf"]
+from reranker.cli.entry import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_cli_imports_its_modules_ends_it_without_a_traceback():
+    """The imports take about half a second; a Ctrl-C then printed a KeyboardInterrupt
+    traceback from inside them."""
+    done = run_python(INTERRUPTED_WHILE_IMPORTING)
+    assert (done.returncode, done.stderr) == (1, "\nAborted!\n")
+
+
+def test_import_reranker_loads_neither_numpy_nor_llama_cpp():
+    import reranker
+
+    assert sorted(reranker.__all__) == sorted(reranker._EXPORTS)
+    for name in reranker.__all__:
+        assert getattr(reranker, name).__name__ == name
+    child = run_python("import sys, reranker\n"
+                       "print(sorted({'numpy', 'llama_cpp', 'pydantic'} & set(sys.modules)))")
+    assert child.stdout.strip() == "[]", child.stderr
 
 
 @pytest.mark.slow  # a child process

@@ -110,12 +110,16 @@ def create_app(settings: ServerSettings,
         return ApiError(500, "internal_error", f"the server failed on this request "
                         f"({type(error).__name__}); the traceback is in its log").response()
 
-    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: uptime checkers send it
+    @app.get("/health")
     async def health(request: Request) -> dict:
         pool: RerankerPool = request.app.state.pool
         return {"status": "ok", "model": settings.model_name, "workers": pool.workers,
                 "running": pool.running, "waiting": pool.waiting, "cpu_path": pool.cpu_path,
                 "engine": pool.engine}
+
+    # HEAD, which uptime checkers send, out of the schema: one route for both methods gave
+    # both operations one id (FastAPI warned "Duplicate Operation ID").
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:

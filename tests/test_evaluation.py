@@ -303,7 +303,8 @@ def test_bm25_on_a_corpus_without_terms_says_so():
 def test_bm25_without_the_package_says_what_to_install(beir_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "bm25s", None)  # makes `import bm25s` fail
     dataset = load_dataset(beir_dir)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'reranker\[eval\]'"):
+    with pytest.raises(MissingDependencyError,
+                       match=r"pip install -e '\.\[eval\]' in this project's folder"):
         bm25_candidates(dataset.corpus, {"q1": "France"}, depth=3)
 
 

@@ -482,7 +482,8 @@ def test_explicit_engines_and_bad_names():
                          torch_available=True).name == "torch"
     assert choose_engine("llama.cpp", verdict("torch"), "fp",
                          torch_available=True).name == "llama.cpp"
-    with pytest.raises(EngineError, match="needs PyTorch.*reranker\\[torch\\]"):
+    with pytest.raises(EngineError,
+                       match=r"needs PyTorch.*pip install -e '\.\[torch\]' in this project's"):
         choose_engine("torch", None, "fp", torch_available=False)
     with pytest.raises(EngineError, match="'fastest' \\(from option\\) is not one of"):
         choose_engine("fastest", None, "fp", torch_available=True)

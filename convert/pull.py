@@ -8,13 +8,10 @@ each file's SHA-256 is recorded in the folder's `SHA256SUMS` (the format
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import filecmp
 import hashlib
 import logging
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from convert.api import ConversionSummary, convert_checkpoint
@@ -22,6 +19,7 @@ from convert.errors import CheckpointError
 from convert.hub import check_repo_id, check_source_given, hub_errors, hub_unreachable
 from convert.output import atomic_output
 from reranker.errors import ModelFileError
+from reranker.file_lock import held_exclusively
 from reranker.model_check import open_reranker_file
 from reranker.model_format import PROJECTOR_SIDECAR
 from reranker.reranker import unpaired_surrogate
@@ -54,29 +52,13 @@ def record_checksums(models_dir: Path, paths: list[Path]) -> Path:
     return sums_path
 
 
-@contextlib.contextmanager
-def one_writer_at_a_time(models_dir: Path) -> Iterator[None]:
+def one_writer_at_a_time(models_dir: Path):
     """Held while a pull writes into models_dir: SHA256SUMS is read, changed and written,
     and two pulls from one repo share its folder and projector (at once, one removed the
-    other's projector when it rolled back). The folder itself is locked, so no lock file
-    is left in it; where it cannot be locked (some network file systems) pulls go on
-    without taking turns."""
-    try:
-        handle = os.open(models_dir, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.warning("waiting for another pull into %s to finish", models_dir)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:
-            pass
-        yield
-    finally:
-        os.close(handle)
+    other's projector when it rolled back). The folder itself is locked: no lock file in a
+    folder that travels."""
+    return held_exclusively(models_dir, on_wait=lambda: logger.warning(
+        "waiting for another pull into %s to finish", models_dir))
 
 
 def source_name(source: str) -> str:

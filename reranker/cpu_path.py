@@ -21,19 +21,17 @@ The paths:
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import secrets
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from reranker.cpu_support import CpuInfo, LlamaBuild, read_cpu_info, read_llama_build
 from reranker.errors import RerankerError
+from reranker.file_lock import held_exclusively
 
 CPU_PATHS = ("auto", "amx", "repack", "plain")
 ENV_VAR = "RERANKER_CPU_PATH"
@@ -197,7 +195,8 @@ def save_entry(key: str, entry: dict) -> None:
     target = verdicts_file()
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    with _writers_lock(folder):
+    # Writers take turns while the verdicts are read, changed and written.
+    with held_exclusively(folder / f".{_VERDICTS_FILE}.lock", create=True):
         verdicts = _read_verdicts(target)
         verdicts[key] = entry
         temporary = folder / f".{_VERDICTS_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -209,23 +208,6 @@ def save_entry(key: str, entry: dict) -> None:
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-
-
-@contextlib.contextmanager
-def _writers_lock(folder: Path) -> Iterator[None]:
-    """Held while the verdicts are read, changed and written. Opened read-only (flock needs
-    no more), so another user's doctor can take the lock file this user made; a lock that
-    cannot be had at all is skipped rather than keeping the verdict from being recorded."""
-    try:
-        handle = os.open(folder / f".{_VERDICTS_FILE}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(handle)
 
 
 def load_verdict(key: str) -> Verdict | None:
